@@ -1,0 +1,3 @@
+from torpor.cli import main
+
+main(prog_name="torpor")

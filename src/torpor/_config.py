@@ -1,0 +1,72 @@
+"""Settings read from the environment (DESIGN.md, "Configuration")."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from ._errors import ConfigError
+
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "Settings", "redact_url"]
+
+DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where torpor keeps its state, and its limits."""
+
+    home: Path
+    database_url: str
+    blob_url: str
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    sqlite_synchronous: str = "FULL"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        home = Path(os.environ.get("TORPOR_HOME") or Path.home() / ".torpor").expanduser().absolute()
+        database_url = os.environ.get("TORPOR_DATABASE_URL") or f"sqlite://{home / 'torpor.db'}"
+        blob_url = os.environ.get("TORPOR_BLOB_URL") or f"file://{home / 'blobs'}"
+        return cls(
+            home=home,
+            database_url=database_url,
+            blob_url=blob_url,
+            max_payload_bytes=_int_env("TORPOR_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES),
+            sqlite_synchronous=_choice_env(
+                "TORPOR_SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL", "EXTRA")
+            ),
+        )
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number of bytes") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be positive")
+    return value
+
+
+def _choice_env(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    value = raw.upper()
+    if value not in choices:
+        raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+    return value
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for messages and `torpor doctor`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,194 @@
+"""The domain records of DESIGN.md's Concepts: runs, log entries, events, timers, snapshots."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = [
+    "Event",
+    "LogEntry",
+    "Road",
+    "Run",
+    "RunStatus",
+    "SnapshotRecord",
+    "Timer",
+    "new_run_id",
+]
+
+# Crockford's base32 alphabet, lower-cased: no i, l, o, u, so ids read back unambiguously.
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_run_id() -> str:
+    """A short, readable run id: ``r-`` and 13 base32 characters (65 random bits)."""
+    n = secrets.randbits(65)
+    chars = [_ALPHABET[(n >> (5 * i)) & 31] for i in range(13)]
+    return "r-" + "".join(chars)
+
+
+class RunStatus(enum.StrEnum):
+    """Lifecycle of a run: ``queued → running → (waiting | suspended) → running → end``."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class Road(enum.StrEnum):
+    """How a run is made durable."""
+
+    REPLAY = "replay"
+    SNAPSHOT = "snapshot"
+
+
+def iso(ts: float) -> str:
+    """A store timestamp (seconds since the epoch) as ISO 8601 UTC, for output."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+@dataclass(frozen=True)
+class Run:
+    """One execution of a workflow function."""
+
+    id: str
+    workflow: str
+    road: Road
+    status: RunStatus
+    input: Any
+    output: Any
+    error: Any
+    attempt: int
+    queue: str
+    priority: int
+    parent_id: str | None
+    forked_from: str | None
+    created_at: float
+    updated_at: float
+    lease_owner: str | None
+    lease_expires_at: float | None
+    epoch: int
+    last_seq: int
+    cancel_requested: bool
+    wake_at: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        """Stable field names for `--json` output and the HTTP API."""
+        return {
+            "id": self.id,
+            "workflow": self.workflow,
+            "road": self.road.value,
+            "status": self.status.value,
+            "attempt": self.attempt,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "queue": self.queue,
+            "priority": self.priority,
+            "parent_id": self.parent_id,
+            "forked_from": self.forked_from,
+            "input": self.input,
+            "output": self.output,
+            "error": self.error,
+            "log_length": self.last_seq,
+            "lease_owner": self.lease_owner,
+            "lease_expires_at": iso(self.lease_expires_at) if self.lease_expires_at else None,
+            "cancel_requested": self.cancel_requested,
+            "wake_at": iso(self.wake_at) if self.wake_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One entry of a run's append-only context log; ``seq`` is dense from 1."""
+
+    run_id: str
+    seq: int
+    kind: str
+    payload: Any
+    created_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "kind": self.kind,
+            "payload": self.payload,
+            "created_at": iso(self.created_at),
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    """A named message sent to a run from outside."""
+
+    id: int
+    run_id: str
+    name: str
+    payload: Any
+    created_at: float
+    consumed_seq: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "run_id": self.run_id,
+            "name": self.name,
+            "payload": self.payload,
+            "created_at": iso(self.created_at),
+            "delivered": self.consumed_seq is not None,
+        }
+
+
+@dataclass(frozen=True)
+class Timer:
+    """A durable wake-up time for a run."""
+
+    id: int
+    run_id: str
+    name: str
+    fire_at: float
+    fired: bool
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """A stored snapshot of a snapshot-road run at a log position."""
+
+    id: str
+    run_id: str
+    seq: int
+    manifest: str
+    created_at: float
+    raw_bytes: int
+    stored_bytes: int
+    chunks: int
+    new_chunks: int
+    dump_ms: float
+    store_ms: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "run_id": self.run_id,
+            "seq": self.seq,
+            "manifest": self.manifest,
+            "created_at": iso(self.created_at),
+            "raw_bytes": self.raw_bytes,
+            "stored_bytes": self.stored_bytes,
+            "chunks": self.chunks,
+            "new_chunks": self.new_chunks,
+            "dump_ms": self.dump_ms,
+            "store_ms": self.store_ms,
+        }

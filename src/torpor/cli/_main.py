@@ -1,0 +1,221 @@
+"""The `torpor` command: a thin layer over the library.
+
+Library errors become one clear line on stderr and a non-zero exit code (1), usage errors
+exit 2 (click's convention); a traceback is a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import click
+import psycopg
+
+from .. import __version__
+from .._config import Settings
+from .._errors import TorporError
+from .._model import RunStatus
+from ..log import describe_entry
+from ..store import Store, open_store
+from ._doctor import doctor
+
+__all__ = ["main"]
+
+_ACTIVE = [s for s in RunStatus if not s.terminal]
+
+
+class _Group(click.Group):
+    """Turns library and database errors into one line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TorporError as exc:
+            raise click.ClickException(exc.message) from None
+        except (sqlite3.Error, psycopg.Error) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise click.ClickException(f"store error: {first}") from None
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="torpor")
+def main() -> None:
+    """torpor: durable execution for long-running LLM agents.
+
+    State lives in TORPOR_DATABASE_URL (default: an SQLite file under TORPOR_HOME, itself
+    ~/.torpor by default).
+    """
+
+
+def _open() -> Store:
+    return open_store(settings=Settings.from_env())
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+def _age(ts: float) -> str:
+    seconds = max(0.0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _parse_json_arg(text: str, what: str) -> Any:
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(
+            f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): "
+            f"{text[:80]!r}; quote strings, e.g. '\"yes\"' or '{{\"ok\": true}}'"
+        ) from None
+
+
+# -- runs and their logs ------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--all", "show_all", is_flag=True, help="Include completed, failed, cancelled.")
+@click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in RunStatus]))
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Newest N runs only.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON list on stdout.")
+def ps(show_all: bool, statuses: Sequence[str], limit: int | None, as_json: bool) -> None:
+    """List runs (by default those not yet ended), newest first."""
+    wanted: list[RunStatus] | None
+    if statuses:
+        wanted = [RunStatus(s) for s in statuses]
+    else:
+        wanted = None if show_all else _ACTIVE
+    with _open() as store:
+        runs = store.list_runs(statuses=wanted, limit=limit)
+    if as_json:
+        _emit_json([run.to_json() for run in runs])
+        return
+    if not runs:
+        click.echo("no runs" if show_all else "no active runs (torpor ps --all lists ended ones)")
+        return
+    header = f"{'ID':<16} {'WORKFLOW':<32} {'ROAD':<8} {'STATUS':<10} {'ATT':>3} {'LOG':>6} AGE"
+    click.echo(header)
+    for run in runs:
+        click.echo(
+            f"{run.id:<16} {run.workflow[:32]:<32} {run.road.value:<8} {run.status.value:<10} "
+            f"{run.attempt:>3} {run.last_seq:>6} {_age(run.created_at)}"
+        )
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing entries as they land.")
+@click.option("--after", type=click.IntRange(min=0), default=0, help="Only entries after SEQ.")
+@click.option("--json", "as_json", is_flag=True, help="JSON list (JSON lines with --follow).")
+def log(run_id: str, follow: bool, after: int, as_json: bool) -> None:
+    """Print a run's context log."""
+    with _open() as store:
+        if not follow:
+            entries = store.read(run_id, after=after)
+            if as_json:
+                _emit_json([e.to_json() for e in entries])
+            else:
+                for entry in entries:
+                    click.echo(describe_entry(entry))
+            return
+        for entry in store.follow(run_id, after=after, stop_when_final=True):
+            if as_json:
+                click.echo(json.dumps(entry.to_json(), ensure_ascii=False))
+            else:
+                click.echo(describe_entry(entry))
+            sys.stdout.flush()
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@click.argument("event")
+@click.argument("payload", metavar="[JSON]", required=False, default="null")
+def send(run_id: str, event: str, payload: str) -> None:
+    """Deliver EVENT with a JSON payload (or - to read it from stdin) to a run."""
+    value = _parse_json_arg(payload, f"the payload of event {event!r}")
+    with _open() as store:
+        sent = store.send_event(run_id, event, value)
+    click.echo(f"sent {event!r} to {run_id} (event {sent.id})")
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+def cancel(run_id: str) -> None:
+    """Cancel a run (at once, or at its next step boundary if a worker is executing it)."""
+    with _open() as store:
+        run = store.cancel_run(run_id)
+    if run.status is RunStatus.CANCELLED:
+        click.echo(f"{run_id} cancelled")
+    else:
+        click.echo(f"{run_id}: cancel requested; it stops at its next step boundary")
+
+
+@main.command("doctor")
+def doctor_command() -> None:
+    """Check the store, the blob store and the machine; say how to fix what is missing."""
+    if not doctor(Settings.from_env(), click.echo):
+        raise SystemExit(1)
+
+
+# -- commands whose machinery is not in this version yet ----------------------------------
+
+
+def _not_yet(what: str) -> NoReturn:
+    raise click.ClickException(f"{what} is not available in this version of torpor yet")
+
+
+def _placeholder(name: str, what: str, params: list[click.Parameter]) -> None:
+    def callback(**_: Any) -> None:
+        _not_yet(what)
+
+    main.add_command(
+        click.Command(name, callback=callback, params=params, help=f"{what[0].upper()}{what[1:]}.")
+    )
+
+
+_run_arg = click.Argument(["run_id"], metavar="RUN")
+_placeholder(
+    "run",
+    "running a workflow function (FILE:FUNC [ARGS_JSON])",
+    [
+        click.Argument(["target"], metavar="FILE:FUNC"),
+        click.Argument(["args_json"], metavar="[ARGS_JSON]", required=False),
+        click.Option(["--road"], type=click.Choice(["replay", "snapshot"]), default="replay"),
+        click.Option(["--detach"], is_flag=True),
+        click.Option(["--json", "as_json"], is_flag=True),
+    ],
+)
+_placeholder("worker", "the worker (claims and executes runs)", [
+    click.Option(["--concurrency"], type=click.IntRange(min=1), default=1),
+])
+_placeholder("snapshot", "checkpointing a run now", [_run_arg])
+_placeholder("snapshots", "listing a run's snapshots", [
+    _run_arg, click.Option(["--json", "as_json"], is_flag=True),
+])
+_placeholder("resume", "restoring a run from a snapshot", [
+    _run_arg, click.Option(["--from", "from_snapshot"]),
+])
+_placeholder("fork", "forking a run", [_run_arg, click.Option(["--at", "at"])])
+_placeholder("server", "the HTTP API and dashboard", [
+    click.Option(["--host"], default="127.0.0.1"), click.Option(["--port"], type=int, default=8480),
+])
+
+
+@main.command()
+def demo() -> None:
+    """The offline demonstration of a durable agent (a preview until the agent lands)."""
+    from ._demo import run_demo
+
+    run_demo(_open, click.echo)

@@ -1,0 +1,182 @@
+"""The `Store` interface: runs, their context logs, events, timers, snapshots and leases."""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from .._config import DEFAULT_MAX_PAYLOAD_BYTES
+from .._errors import TorporError
+from .._model import Event, LogEntry, Road, Run, RunStatus, SnapshotRecord, Timer
+
+__all__ = ["Store", "encode_json"]
+
+
+def encode_json(value: Any, what: str) -> str:
+    """Compact JSON for a stored value; a clear error for what JSON cannot hold."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TorporError(
+            f"{what} is not JSON: {exc}; pass JSON-compatible values "
+            "(dict, list, str, int, float, bool, None)"
+        ) from None
+
+
+class Store(ABC):
+    """Durable state of torpor. One instance is safe to share between threads.
+
+    Writes a worker makes for a run it holds pass that run's fencing ``epoch``; a write
+    whose epoch is no longer the run's raises `FencedError` and changes nothing.
+    """
+
+    url: str
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+
+    # -- runs ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def create_run(
+        self,
+        workflow: str,
+        *,
+        road: Road = Road.REPLAY,
+        input: Any = None,
+        queue: str = "default",
+        priority: int = 0,
+        parent_id: str | None = None,
+        forked_from: str | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        """Record a new `queued` run and return it."""
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> Run:
+        """The run with this id; `RunNotFoundError` if there is none."""
+
+    @abstractmethod
+    def list_runs(
+        self, *, statuses: Iterable[RunStatus] | None = None, limit: int | None = None
+    ) -> list[Run]:
+        """Runs, newest first, optionally only those with the given statuses."""
+
+    @abstractmethod
+    def cancel_run(self, run_id: str) -> Run:
+        """Cancel a run: at once if no worker holds it, else at its next step boundary."""
+
+    @abstractmethod
+    def claim_run(
+        self, worker_id: str, lease_seconds: float, queues: Sequence[str] | None = None
+    ) -> Run | None:
+        """Take the most urgent runnable run under a new lease and epoch, or None.
+
+        Runnable: `queued`; `waiting`/`suspended` whose wake time has come; any non-final
+        run whose lease expired (its worker died).
+        """
+
+    @abstractmethod
+    def renew_lease(self, run_id: str, worker_id: str, epoch: int, lease_seconds: float) -> None:
+        """Extend a held lease; `FencedError` if it was lost."""
+
+    @abstractmethod
+    def update_run(
+        self,
+        run_id: str,
+        epoch: int,
+        *,
+        status: RunStatus,
+        output: Any = None,
+        error: Any = None,
+        wake_at: float | None = None,
+        release: bool = False,
+    ) -> Run:
+        """Set a held run's status (and output/error/wake time); ``release`` drops the lease."""
+
+    # -- the context log ----------------------------------------------------------------
+
+    @abstractmethod
+    def append(
+        self,
+        run_id: str,
+        kind: str,
+        payload: Any,
+        *,
+        expected_seq: int | None = None,
+        epoch: int | None = None,
+    ) -> int:
+        """Append one entry atomically and return its seq (dense from 1).
+
+        With ``expected_seq``, the entry must get exactly that seq: if another writer
+        appended first, `LogConflictError` is raised and nothing is written.
+        """
+
+    @abstractmethod
+    def read(self, run_id: str, after: int = 0, limit: int | None = None) -> list[LogEntry]:
+        """Entries with seq > ``after``, in order, at most ``limit`` of them."""
+
+    def follow(
+        self, run_id: str, after: int = 0, *, poll: float = 0.05, stop_when_final: bool = False
+    ) -> Iterator[LogEntry]:
+        """Yield entries as they land, forever (or until the run ends, if asked)."""
+        self.get_run(run_id)
+        delay = poll
+        while True:
+            entries = self.read(run_id, after=after, limit=1000)
+            for entry in entries:
+                yield entry
+                after = entry.seq
+            if entries:
+                delay = poll
+                continue
+            if stop_when_final and self.get_run(run_id).status.terminal:
+                # A last read: entries may have landed between the read and the status check.
+                for entry in self.read(run_id, after=after):
+                    yield entry
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    # -- events, timers, snapshots --------------------------------------------------------
+
+    @abstractmethod
+    def send_event(self, run_id: str, name: str, payload: Any = None) -> Event:
+        """Deliver a named event to a run, waking it if it waits; refused for ended runs."""
+
+    @abstractmethod
+    def list_events(self, run_id: str) -> list[Event]:
+        """Events sent to a run, oldest first."""
+
+    @abstractmethod
+    def add_timer(self, run_id: str, name: str, fire_at: float) -> Timer:
+        """Record a durable wake-up time for a run."""
+
+    @abstractmethod
+    def list_timers(self, run_id: str) -> list[Timer]:
+        """A run's timers, by firing time."""
+
+    @abstractmethod
+    def add_snapshot(self, record: SnapshotRecord) -> None:
+        """List a snapshot whose chunks and manifest are already durable."""
+
+    @abstractmethod
+    def list_snapshots(self, run_id: str) -> list[SnapshotRecord]:
+        """A run's snapshots, oldest first."""
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    @abstractmethod
+    def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,86 @@
+"""The store on PostgreSQL (psycopg 3 with a connection pool), for many workers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from .._config import DEFAULT_MAX_PAYLOAD_BYTES, redact_url
+from .._errors import StoreUnavailableError
+from ._sql import Cursor, SqlStore, Tx
+
+__all__ = ["PostgresStore"]
+
+_CONNECT_TIMEOUT_S = 5
+# Any 64-bit number works: it only has to be the same for every torpor opening the database.
+_MIGRATION_LOCK_KEY = 0x746F72706F72
+
+
+@lru_cache(maxsize=256)
+def _to_pyformat(sql: str) -> str:
+    """Our statements use ``?``; psycopg wants ``%s`` (and a literal ``%`` doubled)."""
+    return re.sub(r"\?", "%s", sql.replace("%", "%%"))
+
+
+class _PgTx:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        return self._conn.execute(_to_pyformat(sql), params)  # type: ignore[arg-type]
+
+
+class PostgresStore(SqlStore):
+    """`Store` on PostgreSQL: claims use ``FOR UPDATE SKIP LOCKED``; each append locks
+    only its own run's row, so workers on different runs never wait for each other."""
+
+    ident_type = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+    claim_lock = "FOR UPDATE SKIP LOCKED"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        pool_size: int = 8,
+    ) -> None:
+        self.url = url
+        self.max_payload_bytes = max_payload_bytes
+        shown = redact_url(url)
+        # Connect once by hand first: the pool would only say "timed out", and the user
+        # needs the server's reason (refused, bad password, unknown database).
+        try:
+            with psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT_S) as conn:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+                self._migrate(_PgTx(conn))
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreUnavailableError(shown, reason) from None
+        self._pool: ConnectionPool[Any] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"connect_timeout": _CONNECT_TIMEOUT_S},
+            open=False,
+            name="torpor",
+        )
+        try:
+            self._pool.open(wait=True, timeout=_CONNECT_TIMEOUT_S * 2)
+        except PoolTimeout as exc:
+            raise StoreUnavailableError(shown, str(exc)) from None
+
+    @contextmanager
+    def _write(self) -> Iterator[Tx]:
+        with self._pool.connection() as conn:  # commits on success, rolls back on error
+            yield _PgTx(conn)
+
+    _read = _write
+
+    def close(self) -> None:
+        self._pool.close()

@@ -1,0 +1,460 @@
+"""The store over SQL, shared by SQLite and PostgreSQL.
+
+Statements are written once with ``?`` placeholders; a dialect supplies connections and
+transactions (`SqlStore._write` / `SqlStore._read`) and the row-locking clause for claims.
+Every log append bumps ``torpor_runs.last_seq`` in the same transaction as the insert: the
+run's row is the per-run lock, so appends to one run serialize and get dense seqs while
+appends to different runs never wait for each other (on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import abstractmethod
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from .._errors import (
+    FencedError,
+    LogConflictError,
+    PayloadTooLargeError,
+    RunNotFoundError,
+    RunStateError,
+    TorporError,
+)
+from .._model import Event, LogEntry, Road, Run, RunStatus, SnapshotRecord, Timer, new_run_id
+from ._base import Store, encode_json
+from ._schema import MIGRATIONS, SCHEMA_VERSION
+
+__all__ = ["Cursor", "SqlStore", "Tx"]
+
+_RUN_COLUMNS = (
+    "id, workflow, road, status, input, output, error, attempt, queue, priority, parent_id, "
+    "forked_from, created_at, updated_at, lease_owner, lease_expires_at, epoch, last_seq, "
+    "cancel_requested, wake_at"
+)
+_SNAPSHOT_COLUMNS = (
+    "id, run_id, seq, manifest, created_at, raw_bytes, stored_bytes, chunks, new_chunks, "
+    "dump_ms, store_ms"
+)
+_PARKED = (RunStatus.WAITING.value, RunStatus.SUSPENDED.value)
+
+
+class Cursor(Protocol):
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class Tx(Protocol):
+    """A connection inside a transaction (or autocommit read), with ``?`` placeholders."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _run_from_row(row: Sequence[Any]) -> Run:
+    return Run(
+        id=row[0],
+        workflow=row[1],
+        road=Road(row[2]),
+        status=RunStatus(row[3]),
+        input=_loads(row[4]),
+        output=_loads(row[5]),
+        error=_loads(row[6]),
+        attempt=int(row[7]),
+        queue=row[8],
+        priority=int(row[9]),
+        parent_id=row[10],
+        forked_from=row[11],
+        created_at=float(row[12]),
+        updated_at=float(row[13]),
+        lease_owner=row[14],
+        lease_expires_at=None if row[15] is None else float(row[15]),
+        epoch=int(row[16]),
+        last_seq=int(row[17]),
+        cancel_requested=bool(row[18]),
+        wake_at=None if row[19] is None else float(row[19]),
+    )
+
+
+def _snapshot_from_row(row: Sequence[Any]) -> SnapshotRecord:
+    return SnapshotRecord(
+        id=row[0],
+        run_id=row[1],
+        seq=int(row[2]),
+        manifest=row[3],
+        created_at=float(row[4]),
+        raw_bytes=int(row[5]),
+        stored_bytes=int(row[6]),
+        chunks=int(row[7]),
+        new_chunks=int(row[8]),
+        dump_ms=float(row[9]),
+        store_ms=float(row[10]),
+    )
+
+
+class SqlStore(Store):
+    """`Store` implemented with portable SQL; subclasses bring the connections."""
+
+    ident_type: str = ""
+    claim_lock: str = ""
+
+    @abstractmethod
+    def _write(self) -> AbstractContextManager[Tx]:
+        """A transaction that takes the write lock early (SQLite) and commits on success."""
+
+    @abstractmethod
+    def _read(self) -> AbstractContextManager[Tx]:
+        """A connection for consistent reads."""
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def _migrate(self, tx: Tx) -> None:
+        """Apply missing migrations; the caller holds the database's migration lock."""
+        from .._errors import SchemaVersionError
+
+        tx.execute("CREATE TABLE IF NOT EXISTS torpor_schema (version INTEGER NOT NULL)")
+        row = tx.execute("SELECT MAX(version) FROM torpor_schema").fetchone()
+        current = int(row[0]) if row and row[0] is not None else 0
+        if current > SCHEMA_VERSION:
+            raise SchemaVersionError(self.url, current, SCHEMA_VERSION)
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version - 1]:
+                tx.execute(statement.replace("{ident}", self.ident_type))
+            tx.execute("INSERT INTO torpor_schema (version) VALUES (?)", (version,))
+
+    def schema_version(self) -> int:
+        with self._read() as tx:
+            row = tx.execute("SELECT MAX(version) FROM torpor_schema").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        workflow: str,
+        *,
+        road: Road = Road.REPLAY,
+        input: Any = None,
+        queue: str = "default",
+        priority: int = 0,
+        parent_id: str | None = None,
+        forked_from: str | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        input_json = encode_json(input, f"input of workflow {workflow}")
+        self._check_size(run_id or "(new run)", "input", input_json)
+        now = time.time()
+        for _ in range(5):
+            rid = run_id or new_run_id()
+            with self._write() as tx:
+                if tx.execute("SELECT 1 FROM torpor_runs WHERE id = ?", (rid,)).fetchone():
+                    if run_id is not None:
+                        raise TorporError(f"a run with id {run_id!r} already exists")
+                    continue  # a 65-bit collision: draw again
+                row = tx.execute(
+                    "INSERT INTO torpor_runs (id, workflow, road, status, input, queue, "
+                    "priority, parent_id, forked_from, created_at, updated_at) "
+                    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_RUN_COLUMNS}",
+                    (
+                        rid,
+                        workflow,
+                        Road(road).value,
+                        RunStatus.QUEUED.value,
+                        input_json,
+                        queue,
+                        priority,
+                        parent_id,
+                        forked_from,
+                        now,
+                        now,
+                    ),
+                ).fetchone()
+                return _run_from_row(row)
+        raise TorporError("could not draw a fresh run id after 5 tries")  # pragma: no cover
+
+    def get_run(self, run_id: str) -> Run:
+        with self._read() as tx:
+            return self._get_run(tx, run_id)
+
+    def _get_run(self, tx: Tx, run_id: str) -> Run:
+        row = tx.execute(f"SELECT {_RUN_COLUMNS} FROM torpor_runs WHERE id = ?", (run_id,))
+        found = row.fetchone()
+        if found is None:
+            raise RunNotFoundError(run_id)
+        return _run_from_row(found)
+
+    def list_runs(
+        self, *, statuses: Iterable[RunStatus] | None = None, limit: int | None = None
+    ) -> list[Run]:
+        sql = f"SELECT {_RUN_COLUMNS} FROM torpor_runs"
+        params: list[Any] = []
+        if statuses is not None:
+            wanted = [RunStatus(s).value for s in statuses]
+            if not wanted:
+                return []
+            sql += f" WHERE status IN ({', '.join('?' * len(wanted))})"
+            params.extend(wanted)
+        sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        with self._read() as tx:
+            return [_run_from_row(r) for r in tx.execute(sql, params).fetchall()]
+
+    def cancel_run(self, run_id: str) -> Run:
+        now = time.time()
+        with self._write() as tx:
+            run = self._get_run(tx, run_id)
+            if run.status.terminal:
+                raise RunStateError(run_id, run.status.value, "cancel it")
+            held = run.lease_owner is not None and (run.lease_expires_at or 0) > now
+            if held:
+                # A worker is executing it: it stops at its next step boundary.
+                tx.execute(
+                    "UPDATE torpor_runs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+                    (now, run_id),
+                )
+                self._append_in(tx, run_id, "cancel_requested", "{}", None, None, now)
+            else:
+                tx.execute(
+                    "UPDATE torpor_runs SET status = ?, cancel_requested = 1, lease_owner = NULL, "
+                    "lease_expires_at = NULL, wake_at = NULL, updated_at = ? WHERE id = ?",
+                    (RunStatus.CANCELLED.value, now, run_id),
+                )
+                self._append_in(tx, run_id, "cancelled", "{}", None, None, now)
+            return self._get_run(tx, run_id)
+
+    def claim_run(
+        self, worker_id: str, lease_seconds: float, queues: Sequence[str] | None = None
+    ) -> Run | None:
+        now = time.time()
+        sql = (
+            "SELECT id FROM torpor_runs WHERE ("
+            " status = ?"
+            " OR (status IN (?, ?) AND lease_owner IS NULL AND wake_at <= ?)"
+            " OR (status IN (?, ?) AND lease_owner IS NOT NULL AND lease_expires_at < ?))"
+        )
+        params: list[Any] = [RunStatus.QUEUED.value, *_PARKED, now]
+        params += [RunStatus.RUNNING.value, RunStatus.WAITING.value, now]
+        if queues:
+            sql += f" AND queue IN ({', '.join('?' * len(queues))})"
+            params.extend(queues)
+        sql += f" ORDER BY priority DESC, created_at LIMIT 1 {self.claim_lock}"
+        with self._write() as tx:
+            found = tx.execute(sql, params).fetchone()
+            if found is None:
+                return None
+            row = tx.execute(
+                "UPDATE torpor_runs SET status = ?, lease_owner = ?, lease_expires_at = ?, "
+                "epoch = epoch + 1, attempt = attempt + 1, wake_at = NULL, updated_at = ? "
+                f"WHERE id = ? RETURNING {_RUN_COLUMNS}",
+                (RunStatus.RUNNING.value, worker_id, now + lease_seconds, now, found[0]),
+            ).fetchone()
+            return _run_from_row(row)
+
+    def renew_lease(self, run_id: str, worker_id: str, epoch: int, lease_seconds: float) -> None:
+        now = time.time()
+        with self._write() as tx:
+            row = tx.execute(
+                "UPDATE torpor_runs SET lease_expires_at = ? "
+                "WHERE id = ? AND epoch = ? AND lease_owner = ? RETURNING id",
+                (now + lease_seconds, run_id, epoch, worker_id),
+            ).fetchone()
+            if row is None:
+                self._raise_fenced(tx, run_id, epoch)
+
+    def update_run(
+        self,
+        run_id: str,
+        epoch: int,
+        *,
+        status: RunStatus,
+        output: Any = None,
+        error: Any = None,
+        wake_at: float | None = None,
+        release: bool = False,
+    ) -> Run:
+        status = RunStatus(status)
+        output_json = None if output is None else encode_json(output, f"output of run {run_id}")
+        if output_json is not None:
+            self._check_size(run_id, "output", output_json)
+        error_json = None if error is None else encode_json(error, f"error of run {run_id}")
+        now = time.time()
+        sets = "status = ?, output = ?, error = ?, wake_at = ?, updated_at = ?"
+        if release or status.terminal:
+            sets += ", lease_owner = NULL, lease_expires_at = NULL"
+        with self._write() as tx:
+            row = tx.execute(
+                f"UPDATE torpor_runs SET {sets} WHERE id = ? AND epoch = ? "
+                f"RETURNING {_RUN_COLUMNS}",
+                (status.value, output_json, error_json, wake_at, now, run_id, epoch),
+            ).fetchone()
+            if row is None:
+                self._raise_fenced(tx, run_id, epoch)
+            return _run_from_row(row)
+
+    def _raise_fenced(self, tx: Tx, run_id: str, epoch: int) -> None:
+        current = self._get_run(tx, run_id)  # raises RunNotFoundError
+        raise FencedError(run_id, epoch, current.epoch)
+
+    # -- the context log ------------------------------------------------------------------
+
+    def _check_size(self, run_id: str, kind: str, text: str) -> None:
+        size = len(text.encode("utf-8"))
+        if size > self.max_payload_bytes:
+            raise PayloadTooLargeError(run_id, kind, size, self.max_payload_bytes)
+
+    def append(
+        self,
+        run_id: str,
+        kind: str,
+        payload: Any,
+        *,
+        expected_seq: int | None = None,
+        epoch: int | None = None,
+    ) -> int:
+        text = encode_json(payload, f"run {run_id}: {kind} payload")
+        self._check_size(run_id, kind, text)
+        with self._write() as tx:
+            return self._append_in(tx, run_id, kind, text, expected_seq, epoch, time.time())
+
+    def _append_in(
+        self,
+        tx: Tx,
+        run_id: str,
+        kind: str,
+        text: str,
+        expected_seq: int | None,
+        epoch: int | None,
+        now: float,
+    ) -> int:
+        """Append already-encoded JSON ``text`` inside the caller's transaction."""
+        sql = "UPDATE torpor_runs SET last_seq = last_seq + 1, updated_at = ? WHERE id = ?"
+        params: list[Any] = [now, run_id]
+        if expected_seq is not None:
+            sql += " AND last_seq = ?"
+            params.append(expected_seq - 1)
+        if epoch is not None:
+            sql += " AND epoch = ?"
+            params.append(epoch)
+        row = tx.execute(sql + " RETURNING last_seq", params).fetchone()
+        if row is None:
+            current = self._get_run(tx, run_id)
+            if epoch is not None and current.epoch != epoch:
+                raise FencedError(run_id, epoch, current.epoch)
+            raise LogConflictError(run_id, int(expected_seq or 0), current.last_seq + 1)
+        seq = int(row[0])
+        tx.execute(
+            "INSERT INTO torpor_log (run_id, seq, kind, payload, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (run_id, seq, kind, text, now),
+        )
+        return seq
+
+    def read(self, run_id: str, after: int = 0, limit: int | None = None) -> list[LogEntry]:
+        sql = (
+            "SELECT seq, kind, payload, created_at FROM torpor_log "
+            "WHERE run_id = ? AND seq > ? ORDER BY seq"
+        )
+        params: list[Any] = [run_id, after]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        with self._read() as tx:
+            rows = tx.execute(sql, params).fetchall()
+            if not rows:
+                self._get_run(tx, run_id)  # an unknown run is an error, not an empty log
+        return [LogEntry(run_id, int(r[0]), r[1], json.loads(r[2]), float(r[3])) for r in rows]
+
+    # -- events, timers, snapshots --------------------------------------------------------
+
+    def send_event(self, run_id: str, name: str, payload: Any = None) -> Event:
+        if not name:
+            raise TorporError("an event needs a name")
+        text = encode_json(payload, f"event {name!r} payload")
+        self._check_size(run_id, f"event {name!r}", text)
+        now = time.time()
+        with self._write() as tx:
+            run = self._get_run(tx, run_id)
+            if run.status.terminal:
+                raise RunStateError(run_id, run.status.value, f"deliver event {name!r}")
+            row = tx.execute(
+                "INSERT INTO torpor_events (run_id, name, payload, created_at) "
+                "VALUES (?, ?, ?, ?) RETURNING id",
+                (run_id, name, text, now),
+            ).fetchone()
+            # A parked run re-checks its wait: the event may be the one it waits for.
+            tx.execute(
+                "UPDATE torpor_runs SET wake_at = ?, updated_at = ? "
+                "WHERE id = ? AND status IN (?, ?)",
+                (now, now, run_id, *_PARKED),
+            )
+        return Event(int(row[0]), run_id, name, payload, now, None)
+
+    def list_events(self, run_id: str) -> list[Event]:
+        with self._read() as tx:
+            self._get_run(tx, run_id)
+            rows = tx.execute(
+                "SELECT id, run_id, name, payload, created_at, consumed_seq FROM torpor_events "
+                "WHERE run_id = ? ORDER BY id",
+                (run_id,),
+            ).fetchall()
+        return [
+            Event(int(r[0]), r[1], r[2], json.loads(r[3]), float(r[4]), r[5] and int(r[5]))
+            for r in rows
+        ]
+
+    def add_timer(self, run_id: str, name: str, fire_at: float) -> Timer:
+        with self._write() as tx:
+            self._get_run(tx, run_id)
+            row = tx.execute(
+                "INSERT INTO torpor_timers (run_id, name, fire_at) VALUES (?, ?, ?) RETURNING id",
+                (run_id, name, fire_at),
+            ).fetchone()
+        return Timer(int(row[0]), run_id, name, fire_at, False)
+
+    def list_timers(self, run_id: str) -> list[Timer]:
+        with self._read() as tx:
+            rows = tx.execute(
+                "SELECT id, run_id, name, fire_at, fired FROM torpor_timers "
+                "WHERE run_id = ? ORDER BY fire_at, id",
+                (run_id,),
+            ).fetchall()
+        return [Timer(int(r[0]), r[1], r[2], float(r[3]), bool(r[4])) for r in rows]
+
+    def add_snapshot(self, record: SnapshotRecord) -> None:
+        with self._write() as tx:
+            self._get_run(tx, record.run_id)
+            tx.execute(
+                f"INSERT INTO torpor_snapshots ({_SNAPSHOT_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.run_id,
+                    record.seq,
+                    record.manifest,
+                    record.created_at,
+                    record.raw_bytes,
+                    record.stored_bytes,
+                    record.chunks,
+                    record.new_chunks,
+                    record.dump_ms,
+                    record.store_ms,
+                ),
+            )
+
+    def list_snapshots(self, run_id: str) -> list[SnapshotRecord]:
+        with self._read() as tx:
+            self._get_run(tx, run_id)
+            rows = tx.execute(
+                f"SELECT {_SNAPSHOT_COLUMNS} FROM torpor_snapshots "
+                "WHERE run_id = ? ORDER BY seq, created_at",
+                (run_id,),
+            ).fetchall()
+        return [_snapshot_from_row(r) for r in rows]
