@@ -134,7 +134,9 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(payload=json_values)
 def test_any_json_payload_reads_back_equal(store: Store, payload: object) -> None:
     run = store.create_run("app:wf")

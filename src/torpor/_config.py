@@ -26,7 +26,9 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        home = Path(os.environ.get("TORPOR_HOME") or Path.home() / ".torpor").expanduser().absolute()
+        home = (
+            Path(os.environ.get("TORPOR_HOME") or Path.home() / ".torpor").expanduser().absolute()
+        )
         database_url = os.environ.get("TORPOR_DATABASE_URL") or f"sqlite://{home / 'torpor.db'}"
         blob_url = os.environ.get("TORPOR_BLOB_URL") or f"file://{home / 'blobs'}"
         return cls(

@@ -55,9 +55,7 @@ class Road(enum.StrEnum):
 
 def iso(ts: float) -> str:
     """A store timestamp (seconds since the epoch) as ISO 8601 UTC, for output."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,9 @@ def _parse_json_arg(text: str, what: str) -> Any:
 
 @main.command()
 @click.option("--all", "show_all", is_flag=True, help="Include completed, failed, cancelled.")
-@click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in RunStatus]))
+@click.option(
+    "--status", "statuses", multiple=True, type=click.Choice([s.value for s in RunStatus])
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Newest N runs only.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON list on stdout.")
 def ps(show_all: bool, statuses: Sequence[str], limit: int | None, as_json: bool) -> None:
@@ -197,20 +199,39 @@ _placeholder(
         click.Option(["--json", "as_json"], is_flag=True),
     ],
 )
-_placeholder("worker", "the worker (claims and executes runs)", [
-    click.Option(["--concurrency"], type=click.IntRange(min=1), default=1),
-])
+_placeholder(
+    "worker",
+    "the worker (claims and executes runs)",
+    [
+        click.Option(["--concurrency"], type=click.IntRange(min=1), default=1),
+    ],
+)
 _placeholder("snapshot", "checkpointing a run now", [_run_arg])
-_placeholder("snapshots", "listing a run's snapshots", [
-    _run_arg, click.Option(["--json", "as_json"], is_flag=True),
-])
-_placeholder("resume", "restoring a run from a snapshot", [
-    _run_arg, click.Option(["--from", "from_snapshot"]),
-])
+_placeholder(
+    "snapshots",
+    "listing a run's snapshots",
+    [
+        _run_arg,
+        click.Option(["--json", "as_json"], is_flag=True),
+    ],
+)
+_placeholder(
+    "resume",
+    "restoring a run from a snapshot",
+    [
+        _run_arg,
+        click.Option(["--from", "from_snapshot"]),
+    ],
+)
 _placeholder("fork", "forking a run", [_run_arg, click.Option(["--at", "at"])])
-_placeholder("server", "the HTTP API and dashboard", [
-    click.Option(["--host"], default="127.0.0.1"), click.Option(["--port"], type=int, default=8480),
-])
+_placeholder(
+    "server",
+    "the HTTP API and dashboard",
+    [
+        click.Option(["--host"], default="127.0.0.1"),
+        click.Option(["--port"], type=int, default=8480),
+    ],
+)
 
 
 @main.command()

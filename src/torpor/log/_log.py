@@ -24,9 +24,7 @@ class ContextLog:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def append(
-        self, run_id: str, kind: str, payload: Any, expected_seq: int | None = None
-    ) -> int:
+    def append(self, run_id: str, kind: str, payload: Any, expected_seq: int | None = None) -> int:
         """Append atomically; with ``expected_seq``, fail with `LogConflictError` rather
         than write anywhere but that seq."""
         return self.store.append(run_id, kind, payload, expected_seq=expected_seq)

@@ -33,7 +33,7 @@ class _PgTx:
         self._conn = conn
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        return self._conn.execute(_to_pyformat(sql), params)  # type: ignore[arg-type]
+        return self._conn.execute(_to_pyformat(sql), params)
 
 
 class PostgresStore(SqlStore):

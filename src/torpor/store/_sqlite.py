@@ -6,7 +6,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .._config import DEFAULT_MAX_PAYLOAD_BYTES
@@ -98,8 +98,6 @@ class SQLiteStore(SqlStore):
         with self._all_lock:
             conns, self._all = self._all, []
         for conn in conns:
-            try:
+            with suppress(sqlite3.Error):  # closing is best effort
                 conn.close()
-            except sqlite3.Error:  # pragma: no cover - closing is best effort
-                pass
         self._local = threading.local()

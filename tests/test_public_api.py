@@ -1,0 +1,40 @@
+"""The public surface is deliberate: adding or removing a name must change this test."""
+
+import torpor
+
+EXPECTED = {
+    "ConfigError",
+    "ContextLog",
+    "Event",
+    "FencedError",
+    "LogConflictError",
+    "LogEntry",
+    "PayloadTooLargeError",
+    "Road",
+    "Run",
+    "RunNotFoundError",
+    "RunStateError",
+    "RunStatus",
+    "SchemaVersionError",
+    "Settings",
+    "SnapshotRecord",
+    "Store",
+    "StoreUnavailableError",
+    "Timer",
+    "TorporError",
+    "__version__",
+    "open_store",
+}
+
+
+def test_public_names_are_exactly_these() -> None:
+    assert set(torpor.__all__) == EXPECTED
+    for name in torpor.__all__:
+        assert hasattr(torpor, name), name
+
+
+def test_errors_share_one_root() -> None:
+    for name in torpor.__all__:
+        obj = getattr(torpor, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, torpor.TorporError), name
