@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -13,7 +14,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .._config import DEFAULT_MAX_PAYLOAD_BYTES, redact_url
 from .._errors import StoreUnavailableError
-from ._sql import Cursor, SqlStore, Tx
+from ._base import encode_json
+from ._sql import Cursor, SqlStore, Tx, bump_last_seq
 
 __all__ = ["PostgresStore"]
 
@@ -66,7 +68,7 @@ class PostgresStore(SqlStore):
             url,
             min_size=1,
             max_size=pool_size,
-            kwargs={"connect_timeout": _CONNECT_TIMEOUT_S},
+            kwargs={"connect_timeout": _CONNECT_TIMEOUT_S, "autocommit": True},
             open=False,
             name="torpor",
         )
@@ -77,10 +79,35 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _write(self) -> Iterator[Tx]:
-        with self._pool.connection() as conn:  # commits on success, rolls back on error
+        with self._pool.connection() as conn, conn.transaction():
             yield _PgTx(conn)
 
     _read = _write
+
+    def append(
+        self,
+        run_id: str,
+        kind: str,
+        payload: Any,
+        *,
+        expected_seq: int | None = None,
+        epoch: int | None = None,
+    ) -> int:
+        # The hot path: one statement, one round trip, its own transaction (autocommit).
+        text = encode_json(payload, f"run {run_id}: {kind} payload")
+        self._check_size(run_id, kind, text)
+        now = time.time()
+        bump, params = bump_last_seq(run_id, expected_seq, epoch, now)
+        sql = (
+            f"WITH bumped AS ({bump}) INSERT INTO torpor_log (run_id, seq, kind, payload, "
+            "created_at) SELECT ?, last_seq, ?, ?, ? FROM bumped RETURNING seq"
+        )
+        with self._pool.connection() as conn:
+            tx = _PgTx(conn)
+            row = tx.execute(sql, [*params, run_id, kind, text, now]).fetchone()
+            if row is None:
+                self._append_refused(tx, run_id, expected_seq, epoch)
+        return int(row[0])
 
     def close(self) -> None:
         self._pool.close()

@@ -14,7 +14,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from .._errors import (
     FencedError,
@@ -28,7 +28,7 @@ from .._model import Event, LogEntry, Road, Run, RunStatus, SnapshotRecord, Time
 from ._base import Store, encode_json
 from ._schema import MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["Cursor", "SqlStore", "Tx"]
+__all__ = ["Cursor", "SqlStore", "Tx", "bump_last_seq"]
 
 _RUN_COLUMNS = (
     "id, workflow, road, status, input, output, error, attempt, queue, priority, parent_id, "
@@ -96,6 +96,21 @@ def _snapshot_from_row(row: Sequence[Any]) -> SnapshotRecord:
         dump_ms=float(row[9]),
         store_ms=float(row[10]),
     )
+
+
+def bump_last_seq(
+    run_id: str, expected_seq: int | None, epoch: int | None, now: float
+) -> tuple[str, list[Any]]:
+    """The UPDATE that takes the next seq of a run's log (and checks seq and epoch)."""
+    sql = "UPDATE torpor_runs SET last_seq = last_seq + 1, updated_at = ? WHERE id = ?"
+    params: list[Any] = [now, run_id]
+    if expected_seq is not None:
+        sql += " AND last_seq = ?"
+        params.append(expected_seq - 1)
+    if epoch is not None:
+        sql += " AND epoch = ?"
+        params.append(epoch)
+    return sql + " RETURNING last_seq", params
 
 
 class SqlStore(Store):
@@ -335,20 +350,10 @@ class SqlStore(Store):
         now: float,
     ) -> int:
         """Append already-encoded JSON ``text`` inside the caller's transaction."""
-        sql = "UPDATE torpor_runs SET last_seq = last_seq + 1, updated_at = ? WHERE id = ?"
-        params: list[Any] = [now, run_id]
-        if expected_seq is not None:
-            sql += " AND last_seq = ?"
-            params.append(expected_seq - 1)
-        if epoch is not None:
-            sql += " AND epoch = ?"
-            params.append(epoch)
-        row = tx.execute(sql + " RETURNING last_seq", params).fetchone()
+        bump, params = bump_last_seq(run_id, expected_seq, epoch, now)
+        row = tx.execute(bump, params).fetchone()
         if row is None:
-            current = self._get_run(tx, run_id)
-            if epoch is not None and current.epoch != epoch:
-                raise FencedError(run_id, epoch, current.epoch)
-            raise LogConflictError(run_id, int(expected_seq or 0), current.last_seq + 1)
+            self._append_refused(tx, run_id, expected_seq, epoch)
         seq = int(row[0])
         tx.execute(
             "INSERT INTO torpor_log (run_id, seq, kind, payload, created_at) "
@@ -356,6 +361,15 @@ class SqlStore(Store):
             (run_id, seq, kind, text, now),
         )
         return seq
+
+    def _append_refused(
+        self, tx: Tx, run_id: str, expected_seq: int | None, epoch: int | None
+    ) -> NoReturn:
+        """Say why the run's row did not take the append: unknown, fenced, or moved on."""
+        current = self._get_run(tx, run_id)
+        if epoch is not None and current.epoch != epoch:
+            raise FencedError(run_id, epoch, current.epoch)
+        raise LogConflictError(run_id, int(expected_seq or 0), current.last_seq + 1)
 
     def read(self, run_id: str, after: int = 0, limit: int | None = None) -> list[LogEntry]:
         sql = (

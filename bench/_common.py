@@ -1,0 +1,47 @@
+"""Shared pieces of the benchmarks: machine description, medians, and docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import statistics
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+_HEADER = """# Benchmarks
+
+Every table here is written by a script under `bench/`; rerun it to refresh its section.
+The machines are shared and noisy: read medians and the ratios against the peer measured in
+the same run, not absolute numbers.
+"""
+
+
+def machine() -> str:
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} cores, {mem_gib:.0f} GiB, Linux {platform.release()}, "
+        f"Python {sys.version.split()[0]}"
+    )
+
+
+def median_spread(values: list[float]) -> tuple[float, float, float]:
+    """Median, minimum and maximum."""
+    return statistics.median(values), min(values), max(values)
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def write_section(name: str, markdown: str) -> None:
+    """Replace (or add) the section between this benchmark's markers in docs/benchmarks.md."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = DOCS.read_text() if DOCS.exists() else _HEADER
+    block = f"{start}\n{markdown.strip()}\n{end}"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}\n"
+    DOCS.parent.mkdir(parents=True, exist_ok=True)
+    DOCS.write_text(text)
