@@ -149,7 +149,7 @@ def test_unreachable_database_is_a_clear_error(tmp_path: Path, url: str, needle:
 def test_doctor_reports_the_store(cli: Cli, db_url: str) -> None:
     result = cli("doctor")
     assert result.code == 0, result.out + result.err
-    assert "ok    store" in result.out and "schema v1" in result.out
+    assert "ok    store" in result.out and "schema v2 of v2" in result.out
 
 
 def test_doctor_fails_on_unreachable_store(tmp_path: Path) -> None:

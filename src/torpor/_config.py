@@ -23,6 +23,7 @@ class Settings:
     blob_url: str
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     sqlite_synchronous: str = "FULL"
+    lease_seconds: float = 30.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -39,6 +40,7 @@ class Settings:
             sqlite_synchronous=_choice_env(
                 "TORPOR_SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL", "EXTRA")
             ),
+            lease_seconds=_float_env("TORPOR_LEASE_SECONDS", 30.0),
         )
 
 
@@ -50,6 +52,19 @@ def _int_env(name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a whole number of bytes") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be positive")
+    return value
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
     if value <= 0:
         raise ConfigError(f"{name}={raw!r} must be positive")
     return value

@@ -11,14 +11,23 @@ from typing import Any
 
 __all__ = [
     "ConfigError",
+    "CriuError",
+    "CriuNotFoundError",
     "FencedError",
     "LogConflictError",
+    "NondeterminismError",
     "PayloadTooLargeError",
+    "RunCancelledError",
+    "RunFailedError",
     "RunNotFoundError",
     "RunStateError",
+    "SandboxError",
     "SchemaVersionError",
+    "StepResultError",
+    "StepTimeoutError",
     "StoreUnavailableError",
     "TorporError",
+    "WorkflowNotFoundError",
 ]
 
 
@@ -116,6 +125,77 @@ class PayloadTooLargeError(TorporError):
         self.limit = limit
 
 
+class NondeterminismError(TorporError):
+    """Replay met a different call than the one recorded at a position."""
+
+    def __init__(self, run_id: str, position: int, recorded: str, called: str) -> None:
+        super().__init__(
+            f"run {run_id} position {position}: recorded `{recorded}`, called `{called}`; "
+            "the workflow changed since the run started — guard the change with "
+            f"torpor.patched(...) so old runs keep the old path, or fork the run with "
+            f"`torpor fork {run_id} --at {position}`"
+        )
+        self.run_id = run_id
+        self.position = position
+        self.recorded = recorded
+        self.called = called
+
+
+class StepResultError(TorporError):
+    """A step returned (or got) a value torpor cannot record as JSON."""
+
+    def __init__(self, run_id: str, position: int, step: str, type_name: str) -> None:
+        super().__init__(
+            f"run {run_id} step `{step}` (position {position}) returned a `{type_name}`, "
+            "which torpor cannot record; return JSON-compatible data, a dataclass or a "
+            "pydantic model"
+        )
+        self.run_id = run_id
+        self.position = position
+        self.step = step
+        self.type_name = type_name
+
+
+class StepTimeoutError(TorporError):
+    """A step attempt ran longer than its ``timeout``."""
+
+    def __init__(self, step: str, timeout: float) -> None:
+        super().__init__(f"step `{step}` did not finish within its timeout of {timeout:g} s")
+        self.step = step
+        self.timeout = timeout
+
+
+class WorkflowNotFoundError(TorporError):
+    """A run names a workflow this process cannot find or import."""
+
+    def __init__(self, workflow: str, reason: str) -> None:
+        super().__init__(
+            f"workflow {workflow!r} cannot be loaded: {reason}; start the worker where the "
+            "workflow's module is importable (or pass --import MODULE_OR_FILE)"
+        )
+        self.workflow = workflow
+        self.reason = reason
+
+
+class RunFailedError(TorporError):
+    """The run ended `failed`; ``error`` is what it recorded."""
+
+    def __init__(self, run_id: str, error: Any) -> None:
+        detail = error.get("message", error) if isinstance(error, dict) else error
+        kind = error.get("type", "error") if isinstance(error, dict) else "error"
+        super().__init__(f"run {run_id} failed: {kind}: {detail}")
+        self.run_id = run_id
+        self.error = error
+
+
+class RunCancelledError(TorporError):
+    """The run ended `cancelled`."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} was cancelled")
+        self.run_id = run_id
+
+
 class FencedError(TorporError):
     """A writer's lease on a run was lost: another worker owns the run now."""
 
@@ -127,3 +207,38 @@ class FencedError(TorporError):
         self.run_id = run_id
         self.epoch = epoch
         self.current_epoch = current_epoch
+
+
+class SandboxError(TorporError):
+    """A sandbox could not be launched, checkpointed, restored or removed."""
+
+    def __init__(self, sandbox_id: str, problem: str, fix: str) -> None:
+        super().__init__(f"sandbox {sandbox_id}: {problem}; {fix}")
+        self.sandbox_id = sandbox_id
+        self.problem = problem
+        self.fix = fix
+
+
+class CriuNotFoundError(TorporError):
+    """No usable CRIU (>= the minimum version) was found."""
+
+    def __init__(self, tried: str) -> None:
+        super().__init__(
+            f"no usable CRIU: {tried}; run scripts/provision-criu, or set "
+            "TORPOR_CRIU=/path/to/criu (4.2 or newer)"
+        )
+        self.tried = tried
+
+
+class CriuError(TorporError):
+    """A CRIU command failed; ``log`` is its full log."""
+
+    def __init__(self, sandbox_id: str, operation: str, detail: str, log: str, fix: str) -> None:
+        super().__init__(
+            f"sandbox {sandbox_id}: criu {operation} failed: {detail}; {fix} (full log: {log})"
+        )
+        self.sandbox_id = sandbox_id
+        self.operation = operation
+        self.detail = detail
+        self.log = log
+        self.fix = fix

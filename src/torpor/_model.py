@@ -12,7 +12,7 @@ __all__ = [
     "Event",
     "LogEntry",
     "Road",
-    "Run",
+    "RunRecord",
     "RunStatus",
     "SnapshotRecord",
     "Timer",
@@ -59,7 +59,7 @@ def iso(ts: float) -> str:
 
 
 @dataclass(frozen=True)
-class Run:
+class RunRecord:
     """One execution of a workflow function."""
 
     id: str
@@ -82,6 +82,7 @@ class Run:
     last_seq: int
     cancel_requested: bool
     wake_at: float | None
+    source: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Stable field names for `--json` output and the HTTP API."""

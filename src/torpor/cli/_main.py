@@ -22,6 +22,7 @@ from .._errors import TorporError
 from .._model import RunStatus
 from ..log import describe_entry
 from ..store import Store, open_store
+from . import _runs
 from ._doctor import doctor
 
 __all__ = ["main"]
@@ -188,24 +189,6 @@ def _placeholder(name: str, what: str, params: list[click.Parameter]) -> None:
 
 
 _run_arg = click.Argument(["run_id"], metavar="RUN")
-_placeholder(
-    "run",
-    "running a workflow function (FILE:FUNC [ARGS_JSON])",
-    [
-        click.Argument(["target"], metavar="FILE:FUNC"),
-        click.Argument(["args_json"], metavar="[ARGS_JSON]", required=False),
-        click.Option(["--road"], type=click.Choice(["replay", "snapshot"]), default="replay"),
-        click.Option(["--detach"], is_flag=True),
-        click.Option(["--json", "as_json"], is_flag=True),
-    ],
-)
-_placeholder(
-    "worker",
-    "the worker (claims and executes runs)",
-    [
-        click.Option(["--concurrency"], type=click.IntRange(min=1), default=1),
-    ],
-)
 _placeholder("snapshot", "checkpointing a run now", [_run_arg])
 _placeholder(
     "snapshots",
@@ -216,15 +199,6 @@ _placeholder(
     ],
 )
 _placeholder(
-    "resume",
-    "restoring a run from a snapshot",
-    [
-        _run_arg,
-        click.Option(["--from", "from_snapshot"]),
-    ],
-)
-_placeholder("fork", "forking a run", [_run_arg, click.Option(["--at", "at"])])
-_placeholder(
     "server",
     "the HTTP API and dashboard",
     [
@@ -232,6 +206,10 @@ _placeholder(
         click.Option(["--port"], type=int, default=8480),
     ],
 )
+
+
+for _command in (_runs.run, _runs.worker, _runs.fork, _runs.resume):
+    main.add_command(_command)
 
 
 @main.command()

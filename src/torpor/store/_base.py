@@ -6,13 +6,20 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._config import DEFAULT_MAX_PAYLOAD_BYTES
 from .._errors import TorporError
-from .._model import Event, LogEntry, Road, Run, RunStatus, SnapshotRecord, Timer
+from .._model import Event, LogEntry, Road, RunRecord, RunStatus, SnapshotRecord, Timer
 
-__all__ = ["Store", "encode_json"]
+__all__ = ["Appended", "Store", "encode_json"]
+
+
+class Appended(NamedTuple):
+    """Where an append landed, and whether the run has been asked to cancel since."""
+
+    seq: int
+    cancel_requested: bool
 
 
 def encode_json(value: Any, what: str) -> str:
@@ -50,36 +57,44 @@ class Store(ABC):
         parent_id: str | None = None,
         forked_from: str | None = None,
         run_id: str | None = None,
-    ) -> Run:
-        """Record a new `queued` run and return it."""
+        source: dict[str, str] | None = None,
+    ) -> RunRecord:
+        """Record a new `queued` run and return it (``run_id`` chooses its id)."""
 
     @abstractmethod
-    def get_run(self, run_id: str) -> Run:
+    def get_run(self, run_id: str) -> RunRecord:
         """The run with this id; `RunNotFoundError` if there is none."""
 
     @abstractmethod
     def list_runs(
         self, *, statuses: Iterable[RunStatus] | None = None, limit: int | None = None
-    ) -> list[Run]:
+    ) -> list[RunRecord]:
         """Runs, newest first, optionally only those with the given statuses."""
 
     @abstractmethod
-    def cancel_run(self, run_id: str) -> Run:
+    def cancel_run(self, run_id: str) -> RunRecord:
         """Cancel a run: at once if no worker holds it, else at its next step boundary."""
 
     @abstractmethod
     def claim_run(
-        self, worker_id: str, lease_seconds: float, queues: Sequence[str] | None = None
-    ) -> Run | None:
-        """Take the most urgent runnable run under a new lease and epoch, or None.
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        queues: Sequence[str] | None = None,
+        *,
+        run_id: str | None = None,
+    ) -> RunRecord | None:
+        """Take the most urgent runnable run (or this one) under a new lease and epoch.
+
+        Returns None when nothing is runnable.
 
         Runnable: `queued`; `waiting`/`suspended` whose wake time has come; any non-final
         run whose lease expired (its worker died).
         """
 
     @abstractmethod
-    def renew_lease(self, run_id: str, worker_id: str, epoch: int, lease_seconds: float) -> None:
-        """Extend a held lease; `FencedError` if it was lost."""
+    def renew_lease(self, run_id: str, worker_id: str, epoch: int, lease_seconds: float) -> bool:
+        """Extend a held lease; `FencedError` if it was lost. True if cancel was requested."""
 
     @abstractmethod
     def update_run(
@@ -92,8 +107,12 @@ class Store(ABC):
         error: Any = None,
         wake_at: float | None = None,
         release: bool = False,
-    ) -> Run:
-        """Set a held run's status (and output/error/wake time); ``release`` drops the lease."""
+        entry: tuple[str, Any] | None = None,
+    ) -> RunRecord:
+        """Set a held run's status (and output/error/wake time); ``release`` drops the lease.
+
+        ``entry`` (kind, payload) is appended to the log in the same transaction.
+        """
 
     # -- the context log ----------------------------------------------------------------
 
@@ -112,6 +131,18 @@ class Store(ABC):
         With ``expected_seq``, the entry must get exactly that seq: if another writer
         appended first, `LogConflictError` is raised and nothing is written.
         """
+
+    @abstractmethod
+    def append_owned(
+        self,
+        run_id: str,
+        kind: str,
+        payload: Any,
+        *,
+        expected_seq: int | None = None,
+        epoch: int | None = None,
+    ) -> Appended:
+        """`append`, also telling the owner whether cancellation was requested."""
 
     @abstractmethod
     def read(self, run_id: str, after: int = 0, limit: int | None = None) -> list[LogEntry]:
@@ -144,6 +175,24 @@ class Store(ABC):
     @abstractmethod
     def send_event(self, run_id: str, name: str, payload: Any = None) -> Event:
         """Deliver a named event to a run, waking it if it waits; refused for ended runs."""
+
+    @abstractmethod
+    def consume_event(
+        self, run_id: str, name: str, *, epoch: int, entry: dict[str, Any]
+    ) -> Event | None:
+        """Take the oldest undelivered event ``name`` of a run, if any, and log it.
+
+        Atomically marks the event delivered and appends an ``event`` entry holding
+        ``entry``'s fields, the event's name, id and payload.
+        """
+
+    @abstractmethod
+    def wake_run(self, run_id: str) -> None:
+        """Make a parked run (waiting or suspended, no lease) claimable now."""
+
+    @abstractmethod
+    def requeue_run(self, run_id: str) -> RunRecord:
+        """Queue a failed or cancelled run again (``torpor resume`` on the replay road)."""
 
     @abstractmethod
     def list_events(self, run_id: str) -> list[Event]:

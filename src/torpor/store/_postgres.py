@@ -14,7 +14,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .._config import DEFAULT_MAX_PAYLOAD_BYTES, redact_url
 from .._errors import StoreUnavailableError
-from ._base import encode_json
+from ._base import Appended, encode_json
 from ._sql import Cursor, SqlStore, Tx, bump_last_seq
 
 __all__ = ["PostgresStore"]
@@ -44,6 +44,7 @@ class PostgresStore(SqlStore):
 
     ident_type = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
     claim_lock = "FOR UPDATE SKIP LOCKED"
+    row_lock = "FOR UPDATE"
 
     def __init__(
         self,
@@ -84,7 +85,7 @@ class PostgresStore(SqlStore):
 
     _read = _write
 
-    def append(
+    def append_owned(
         self,
         run_id: str,
         kind: str,
@@ -92,22 +93,23 @@ class PostgresStore(SqlStore):
         *,
         expected_seq: int | None = None,
         epoch: int | None = None,
-    ) -> int:
+    ) -> Appended:
         # The hot path: one statement, one round trip, its own transaction (autocommit).
         text = encode_json(payload, f"run {run_id}: {kind} payload")
         self._check_size(run_id, kind, text)
         now = time.time()
         bump, params = bump_last_seq(run_id, expected_seq, epoch, now)
         sql = (
-            f"WITH bumped AS ({bump}) INSERT INTO torpor_log (run_id, seq, kind, payload, "
-            "created_at) SELECT ?, last_seq, ?, ?, ? FROM bumped RETURNING seq"
+            f"WITH bumped AS ({bump}), added AS (INSERT INTO torpor_log (run_id, seq, kind, "
+            "payload, created_at) SELECT ?, last_seq, ?, ?, ? FROM bumped RETURNING seq) "
+            "SELECT added.seq, bumped.cancel_requested FROM added, bumped"
         )
         with self._pool.connection() as conn:
             tx = _PgTx(conn)
             row = tx.execute(sql, [*params, run_id, kind, text, now]).fetchone()
             if row is None:
                 self._append_refused(tx, run_id, expected_seq, epoch)
-        return int(row[0])
+        return Appended(int(row[0]), bool(row[1]))
 
     def close(self) -> None:
         self._pool.close()

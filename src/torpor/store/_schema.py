@@ -89,4 +89,9 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 
+MIGRATIONS.append(
+    # 2: where a worker finds a run's workflow code ({"module": ...} or {"file": ...}).
+    ["ALTER TABLE torpor_runs ADD COLUMN source TEXT"]
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -24,8 +24,8 @@ from .._errors import (
     RunStateError,
     TorporError,
 )
-from .._model import Event, LogEntry, Road, Run, RunStatus, SnapshotRecord, Timer, new_run_id
-from ._base import Store, encode_json
+from .._model import Event, LogEntry, Road, RunRecord, RunStatus, SnapshotRecord, Timer, new_run_id
+from ._base import Appended, Store, encode_json
 from ._schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["Cursor", "SqlStore", "Tx", "bump_last_seq"]
@@ -33,7 +33,7 @@ __all__ = ["Cursor", "SqlStore", "Tx", "bump_last_seq"]
 _RUN_COLUMNS = (
     "id, workflow, road, status, input, output, error, attempt, queue, priority, parent_id, "
     "forked_from, created_at, updated_at, lease_owner, lease_expires_at, epoch, last_seq, "
-    "cancel_requested, wake_at"
+    "cancel_requested, wake_at, source"
 )
 _SNAPSHOT_COLUMNS = (
     "id, run_id, seq, manifest, created_at, raw_bytes, stored_bytes, chunks, new_chunks, "
@@ -57,8 +57,8 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def _run_from_row(row: Sequence[Any]) -> Run:
-    return Run(
+def _run_from_row(row: Sequence[Any]) -> RunRecord:
+    return RunRecord(
         id=row[0],
         workflow=row[1],
         road=Road(row[2]),
@@ -79,6 +79,7 @@ def _run_from_row(row: Sequence[Any]) -> Run:
         last_seq=int(row[17]),
         cancel_requested=bool(row[18]),
         wake_at=None if row[19] is None else float(row[19]),
+        source=_loads(row[20]),
     )
 
 
@@ -110,7 +111,7 @@ def bump_last_seq(
     if epoch is not None:
         sql += " AND epoch = ?"
         params.append(epoch)
-    return sql + " RETURNING last_seq", params
+    return sql + " RETURNING last_seq, cancel_requested", params
 
 
 class SqlStore(Store):
@@ -118,6 +119,7 @@ class SqlStore(Store):
 
     ident_type: str = ""
     claim_lock: str = ""
+    row_lock: str = ""
 
     @abstractmethod
     def _write(self) -> AbstractContextManager[Tx]:
@@ -161,7 +163,8 @@ class SqlStore(Store):
         parent_id: str | None = None,
         forked_from: str | None = None,
         run_id: str | None = None,
-    ) -> Run:
+        source: dict[str, str] | None = None,
+    ) -> RunRecord:
         input_json = encode_json(input, f"input of workflow {workflow}")
         self._check_size(run_id or "(new run)", "input", input_json)
         now = time.time()
@@ -174,8 +177,8 @@ class SqlStore(Store):
                     continue  # a 65-bit collision: draw again
                 row = tx.execute(
                     "INSERT INTO torpor_runs (id, workflow, road, status, input, queue, "
-                    "priority, parent_id, forked_from, created_at, updated_at) "
-                    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_RUN_COLUMNS}",
+                    "priority, parent_id, forked_from, created_at, updated_at, source) "
+                    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_RUN_COLUMNS}",
                     (
                         rid,
                         workflow,
@@ -188,16 +191,17 @@ class SqlStore(Store):
                         forked_from,
                         now,
                         now,
+                        None if source is None else encode_json(source, "source"),
                     ),
                 ).fetchone()
                 return _run_from_row(row)
         raise TorporError("could not draw a fresh run id after 5 tries")  # pragma: no cover
 
-    def get_run(self, run_id: str) -> Run:
+    def get_run(self, run_id: str) -> RunRecord:
         with self._read() as tx:
             return self._get_run(tx, run_id)
 
-    def _get_run(self, tx: Tx, run_id: str) -> Run:
+    def _get_run(self, tx: Tx, run_id: str) -> RunRecord:
         row = tx.execute(f"SELECT {_RUN_COLUMNS} FROM torpor_runs WHERE id = ?", (run_id,))
         found = row.fetchone()
         if found is None:
@@ -206,7 +210,7 @@ class SqlStore(Store):
 
     def list_runs(
         self, *, statuses: Iterable[RunStatus] | None = None, limit: int | None = None
-    ) -> list[Run]:
+    ) -> list[RunRecord]:
         sql = f"SELECT {_RUN_COLUMNS} FROM torpor_runs"
         params: list[Any] = []
         if statuses is not None:
@@ -222,7 +226,7 @@ class SqlStore(Store):
         with self._read() as tx:
             return [_run_from_row(r) for r in tx.execute(sql, params).fetchall()]
 
-    def cancel_run(self, run_id: str) -> Run:
+    def cancel_run(self, run_id: str) -> RunRecord:
         now = time.time()
         with self._write() as tx:
             run = self._get_run(tx, run_id)
@@ -246,8 +250,13 @@ class SqlStore(Store):
             return self._get_run(tx, run_id)
 
     def claim_run(
-        self, worker_id: str, lease_seconds: float, queues: Sequence[str] | None = None
-    ) -> Run | None:
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        queues: Sequence[str] | None = None,
+        *,
+        run_id: str | None = None,
+    ) -> RunRecord | None:
         now = time.time()
         sql = (
             "SELECT id FROM torpor_runs WHERE ("
@@ -260,6 +269,9 @@ class SqlStore(Store):
         if queues:
             sql += f" AND queue IN ({', '.join('?' * len(queues))})"
             params.extend(queues)
+        if run_id is not None:
+            sql += " AND id = ?"
+            params.append(run_id)
         sql += f" ORDER BY priority DESC, created_at LIMIT 1 {self.claim_lock}"
         with self._write() as tx:
             found = tx.execute(sql, params).fetchone()
@@ -273,16 +285,17 @@ class SqlStore(Store):
             ).fetchone()
             return _run_from_row(row)
 
-    def renew_lease(self, run_id: str, worker_id: str, epoch: int, lease_seconds: float) -> None:
+    def renew_lease(self, run_id: str, worker_id: str, epoch: int, lease_seconds: float) -> bool:
         now = time.time()
         with self._write() as tx:
             row = tx.execute(
                 "UPDATE torpor_runs SET lease_expires_at = ? "
-                "WHERE id = ? AND epoch = ? AND lease_owner = ? RETURNING id",
+                "WHERE id = ? AND epoch = ? AND lease_owner = ? RETURNING cancel_requested",
                 (now + lease_seconds, run_id, epoch, worker_id),
             ).fetchone()
             if row is None:
                 self._raise_fenced(tx, run_id, epoch)
+            return bool(row[0])
 
     def update_run(
         self,
@@ -294,7 +307,8 @@ class SqlStore(Store):
         error: Any = None,
         wake_at: float | None = None,
         release: bool = False,
-    ) -> Run:
+        entry: tuple[str, Any] | None = None,
+    ) -> RunRecord:
         status = RunStatus(status)
         output_json = None if output is None else encode_json(output, f"output of run {run_id}")
         if output_json is not None:
@@ -312,6 +326,10 @@ class SqlStore(Store):
             ).fetchone()
             if row is None:
                 self._raise_fenced(tx, run_id, epoch)
+            if entry is not None:
+                kind, payload = entry
+                self._append_in(tx, run_id, kind, encode_json(payload, kind), None, epoch, now)
+                return self._get_run(tx, run_id)
             return _run_from_row(row)
 
     def _raise_fenced(self, tx: Tx, run_id: str, epoch: int) -> None:
@@ -334,6 +352,17 @@ class SqlStore(Store):
         expected_seq: int | None = None,
         epoch: int | None = None,
     ) -> int:
+        return self.append_owned(run_id, kind, payload, expected_seq=expected_seq, epoch=epoch).seq
+
+    def append_owned(
+        self,
+        run_id: str,
+        kind: str,
+        payload: Any,
+        *,
+        expected_seq: int | None = None,
+        epoch: int | None = None,
+    ) -> Appended:
         text = encode_json(payload, f"run {run_id}: {kind} payload")
         self._check_size(run_id, kind, text)
         with self._write() as tx:
@@ -348,8 +377,11 @@ class SqlStore(Store):
         expected_seq: int | None,
         epoch: int | None,
         now: float,
-    ) -> int:
-        """Append already-encoded JSON ``text`` inside the caller's transaction."""
+    ) -> Appended:
+        """Append already-encoded JSON ``text`` inside the caller's transaction.
+
+        Returns the new seq and whether cancellation of the run has been requested.
+        """
         bump, params = bump_last_seq(run_id, expected_seq, epoch, now)
         row = tx.execute(bump, params).fetchone()
         if row is None:
@@ -360,7 +392,7 @@ class SqlStore(Store):
             "VALUES (?, ?, ?, ?, ?)",
             (run_id, seq, kind, text, now),
         )
-        return seq
+        return Appended(seq, bool(row[1]))
 
     def _append_refused(
         self, tx: Tx, run_id: str, expected_seq: int | None, epoch: int | None
@@ -410,6 +442,61 @@ class SqlStore(Store):
                 (now, now, run_id, *_PARKED),
             )
         return Event(int(row[0]), run_id, name, payload, now, None)
+
+    def consume_event(
+        self, run_id: str, name: str, *, epoch: int, entry: dict[str, Any]
+    ) -> Event | None:
+        now = time.time()
+        with self._write() as tx:
+            row = tx.execute(
+                "SELECT id, payload, created_at FROM torpor_events "
+                "WHERE run_id = ? AND name = ? AND consumed_seq IS NULL "
+                f"ORDER BY id LIMIT 1 {self.row_lock}",
+                (run_id, name),
+            ).fetchone()
+            if row is None:
+                return None
+            payload = json.loads(row[1])
+            text = encode_json(
+                {**entry, "name": name, "event_id": int(row[0]), "payload": payload}, "event"
+            )
+            seq = self._append_in(tx, run_id, "event", text, None, epoch, now).seq
+            tx.execute("UPDATE torpor_events SET consumed_seq = ? WHERE id = ?", (seq, row[0]))
+        return Event(int(row[0]), run_id, name, payload, float(row[2]), seq)
+
+    def wake_run(self, run_id: str) -> None:
+        now = time.time()
+        with self._write() as tx:
+            tx.execute(
+                "UPDATE torpor_runs SET wake_at = ?, updated_at = ? "
+                "WHERE id = ? AND status IN (?, ?) AND lease_owner IS NULL",
+                (now, now, run_id, *_PARKED),
+            )
+
+    def requeue_run(self, run_id: str) -> RunRecord:
+        now = time.time()
+        with self._write() as tx:
+            run = self._get_run(tx, run_id)
+            if run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+                raise RunStateError(
+                    run_id, run.status.value, "resume it (only failed or cancelled runs resume)"
+                )
+            tx.execute(
+                "UPDATE torpor_runs SET status = ?, error = NULL, cancel_requested = 0, "
+                "lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, updated_at = ? "
+                "WHERE id = ?",
+                (RunStatus.QUEUED.value, now, run_id),
+            )
+            self._append_in(
+                tx,
+                run_id,
+                "resumed",
+                encode_json({"from": run.status.value}, "resumed"),
+                None,
+                None,
+                now,
+            )
+            return self._get_run(tx, run_id)
 
     def list_events(self, run_id: str) -> list[Event]:
         with self._read() as tx:

@@ -1,0 +1,196 @@
+"""`torpor run`, `worker`, `fork` and `resume`: executing workflows from the shell."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import runtime
+from .._config import Settings
+from .._errors import RunCancelledError, RunFailedError, TorporError
+from .._model import RunStatus
+from ..replay._registry import load_source, register_workflow
+from ..replay._steps import workflow_def
+from ..store import open_store
+
+__all__ = ["fork", "resume", "run", "worker"]
+
+
+def _load_target(target: str) -> str:
+    """Import FILE and return the name of the workflow FUNC (registering a plain function)."""
+    file, _, func = target.rpartition(":")
+    if not file or not func:
+        raise click.UsageError(f"{target!r}: give the workflow as FILE:FUNC, e.g. agent.py:main")
+    path = Path(file).resolve()
+    if not path.is_file():
+        raise click.ClickException(f"{file}: no such file")
+    try:
+        load_source({"file": str(path)})
+    except Exception as exc:
+        raise click.ClickException(
+            f"importing {file} failed: {type(exc).__name__}: {exc}"
+        ) from None
+    module = sys.modules[path.stem]
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        found = sorted(n for n, v in vars(module).items() if workflow_def(v) is not None)
+        hint = f"; its workflows: {', '.join(found)}" if found else ""
+        raise click.ClickException(f"{file} has no function {func!r}{hint}")
+    wf = workflow_def(fn) or register_workflow(fn, None)
+    return wf.name
+
+
+def _parse_args(args_json: str | None) -> tuple[list[Any], dict[str, Any]]:
+    if args_json is None:
+        return [], {}
+    try:
+        value = json.loads(args_json)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(
+            f"ARGS_JSON is not valid JSON ({exc.msg} at column {exc.colno}): {args_json[:80]!r}; "
+            "give a list of positional arguments ('[\"acme\", 5]') or an object of keyword "
+            'arguments (\'{"customer": "acme"}\')'
+        ) from None
+    if isinstance(value, list):
+        return value, {}
+    if isinstance(value, dict):
+        return [], value
+    raise click.ClickException(
+        "ARGS_JSON must be a JSON list (positional arguments) or object (keyword arguments), "
+        f"not {type(value).__name__}"
+    )
+
+
+def _finish(handle: runtime.Run, as_json: bool) -> None:
+    """Wait for a run started in this process and print its outcome."""
+    try:
+        handle.result()
+    except (RunFailedError, RunCancelledError) as exc:
+        if as_json:
+            record = handle.record()
+            click.echo(json.dumps(_summary(record.id, record.status, None, record.error)))
+            raise SystemExit(1) from None
+        raise click.ClickException(exc.message) from None
+    record = handle.record()
+    if as_json:
+        click.echo(json.dumps(_summary(record.id, record.status, record.output, None)))
+    else:
+        click.echo(json.dumps(record.output, ensure_ascii=False, indent=2))
+
+
+def _summary(run_id: str, status: RunStatus, output: Any, error: Any) -> dict[str, Any]:
+    return {"id": run_id, "status": status.value, "output": output, "error": error}
+
+
+@click.command()
+@click.argument("target", metavar="FILE:FUNC")
+@click.argument("args_json", metavar="[ARGS_JSON]", required=False)
+@click.option("--road", type=click.Choice(["replay", "snapshot"]), default="replay")
+@click.option("--detach", is_flag=True, help="Only enqueue it for `torpor worker`; print its id.")
+@click.option("--json", "as_json", is_flag=True, help="Print {id, status, output, error}.")
+def run(target: str, args_json: str | None, road: str, detach: bool, as_json: bool) -> None:
+    """Start a run of FUNC in FILE with ARGS_JSON (a list or an object); without --detach,
+    execute it here and print its result."""
+    args, kwargs = _parse_args(args_json)
+    name = _load_target(target)
+    handle = runtime.start(name, *args, road=road, detach=detach, **kwargs)
+    if detach:
+        click.echo(json.dumps({"id": handle.id}) if as_json else handle.id)
+        return
+    _finish(handle, as_json)
+
+
+@click.command()
+@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--queue", "queues", multiple=True, help="Only runs of this queue (repeatable).")
+@click.option("--import", "imports", multiple=True, help="Import this module or file first.")
+@click.option("--lease", type=click.FloatRange(min=0.5), default=None, help="Lease seconds.")
+@click.option(
+    "--park-after",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Seconds a run may block in a wait before it is parked and frees its slot.",
+)
+def worker(
+    concurrency: int,
+    queues: tuple[str, ...],
+    imports: tuple[str, ...],
+    lease: float | None,
+    park_after: float,
+) -> None:
+    """Claim and execute runs until stopped (SIGTERM or Ctrl-C: runs are released at their
+    next step boundary; a second signal exits at once)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    sys.path.insert(0, os.getcwd())
+    for item in imports:
+        source = {"file": str(Path(item).resolve())} if item.endswith(".py") else {"module": item}
+        try:
+            load_source(source)
+        except Exception as exc:
+            raise click.ClickException(
+                f"--import {item} failed: {type(exc).__name__}: {exc}"
+            ) from None
+    settings = Settings.from_env()
+    store = open_store(settings=settings)
+    w = runtime.Worker(
+        store,
+        concurrency=concurrency,
+        queues=queues or None,
+        lease_seconds=lease or settings.lease_seconds,
+        park_after=park_after,
+    )
+    w.install_signal_handlers()
+    click.echo(f"worker {w.id}: {store.url}, concurrency {concurrency}", err=True)
+    w.run(on_event=lambda message: click.echo(message, err=True))
+    clean = w.stop()
+    store.close()
+    if not clean:
+        click.echo("runs still in flight at exit; their leases will expire", err=True)
+
+
+@click.command()
+@click.argument("run_id", metavar="RUN")
+@click.option(
+    "--at",
+    "at",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Re-execute from this call position (default: after all recorded calls).",
+)
+@click.option("--detach", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def fork(run_id: str, at: int | None, detach: bool, as_json: bool) -> None:
+    """Start a new run that reuses RUN's recorded results before position --at."""
+    sys.path.insert(0, os.getcwd())
+    handle = runtime.fork(run_id, at, detach=detach)
+    if detach:
+        click.echo(handle.id)
+        return
+    click.echo(f"forked {run_id} as {handle.id}", err=True)
+    _finish(handle, as_json)
+
+
+@click.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--from", "from_snapshot", default=None, help="Snapshot id (snapshot road).")
+@click.option("--detach", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def resume(run_id: str, from_snapshot: str | None, detach: bool, as_json: bool) -> None:
+    """Run a failed or cancelled run again from its journal (replay road)."""
+    if from_snapshot is not None:
+        raise TorporError("resuming from a snapshot is not available in this version")
+    sys.path.insert(0, os.getcwd())
+    handle = runtime.resume(run_id, detach=detach)
+    if detach:
+        click.echo(handle.id)
+        return
+    _finish(handle, as_json)

@@ -1,0 +1,108 @@
+"""Which workflow functions exist, under which names, and where a worker finds their code."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._errors import TorporError, WorkflowNotFoundError
+
+__all__ = ["WorkflowDef", "load_source", "lookup_workflow", "register_workflow", "source_of"]
+
+
+@dataclass(frozen=True)
+class WorkflowDef:
+    """A registered workflow: its name, function, and where its code lives."""
+
+    name: str
+    fn: Callable[..., Any]
+    is_async: bool
+    source: dict[str, str]
+
+
+_registry: dict[str, WorkflowDef] = {}
+_lock = threading.Lock()
+
+
+def source_of(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
+    """The module name to use in workflow names, and how to import the function's code.
+
+    A function defined in a script run as ``__main__`` is named after the script's file, so
+    a worker that loads the file as a module finds it under the same name.
+    """
+    module = inspect.getmodule(fn)
+    module_name = fn.__module__
+    file = getattr(module, "__file__", None)
+    if module_name == "__main__" or getattr(module, "__torpor_file__", False):
+        if file is None:
+            return module_name, {"module": module_name}
+        path = str(Path(file).resolve())
+        return Path(path).stem, {"file": path}
+    return module_name, {"module": module_name}
+
+
+def register_workflow(fn: Callable[..., Any], name: str | None) -> WorkflowDef:
+    module_name, source = source_of(fn)
+    wf = WorkflowDef(
+        name=name or f"{module_name}.{fn.__qualname__}",
+        fn=fn,
+        is_async=inspect.iscoroutinefunction(fn),
+        source=source,
+    )
+    with _lock:
+        _registry[wf.name] = wf
+    return wf
+
+
+def load_source(source: dict[str, str]) -> None:
+    """Import the module or file a workflow was registered from."""
+    if "module" in source:
+        importlib.import_module(source["module"])
+        return
+    path = Path(source["file"])
+    if not path.is_file():
+        raise TorporError(f"{path} does not exist")
+    name = path.stem
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(path):
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise TorporError(f"{path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    module.__torpor_file__ = True  # type: ignore[attr-defined]
+    # The file's own folder first, so it imports its neighbours as when run as a script.
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+
+
+def lookup_workflow(name: str, source: dict[str, str] | None = None) -> WorkflowDef:
+    """The workflow registered as ``name``, importing its source first if need be."""
+    wf = _registry.get(name)
+    if wf is not None:
+        return wf
+    if not source:
+        raise WorkflowNotFoundError(name, "it is not registered in this process")
+    try:
+        load_source(source)
+    except Exception as exc:
+        where = source.get("module") or source.get("file")
+        raise WorkflowNotFoundError(name, f"importing {where} failed: {exc}") from None
+    wf = _registry.get(name)
+    if wf is None:
+        where = source.get("module") or source.get("file")
+        raise WorkflowNotFoundError(name, f"{where} defines no @torpor.workflow of that name")
+    return wf

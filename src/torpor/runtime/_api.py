@@ -1,0 +1,272 @@
+"""The unified API of DESIGN.md: start runs, hold them by a `Run` handle, send, cancel,
+fork and resume — the same calls from a script, a worker or inside a workflow."""
+
+from __future__ import annotations
+
+import threading
+import time
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from .._config import Settings
+from .._errors import RunCancelledError, RunFailedError, RunNotFoundError, TorporError
+from .._model import LogEntry, Road, RunRecord, RunStatus
+from ..replay._codec import from_json
+from ..replay._context import current, in_step
+from ..replay._engine import encode_input
+from ..replay._registry import WorkflowDef, lookup_workflow
+from ..replay._steps import workflow_def
+from ..store import Store, open_store
+from ._executor import Executor
+
+__all__ = ["Run", "cancel", "configure", "fork", "resume", "send", "start"]
+
+_lock = threading.Lock()
+_store: Store | None = None
+_executor: Executor | None = None
+
+
+def configure(database_url: str | None = None, *, store: Store | None = None) -> Store:
+    """Choose the store this process uses (default: from the environment, on first use)."""
+    global _store, _executor
+    with _lock:
+        if _executor is not None:
+            _executor.close()
+            _executor = None
+        _store = store or open_store(database_url)
+        return _store
+
+
+def _the_store() -> Store:
+    global _store
+    with _lock:
+        if _store is None:
+            _store = open_store()
+        return _store
+
+
+def _the_executor() -> Executor:
+    global _executor
+    store = _the_store()
+    with _lock:
+        if _executor is None:
+            _executor = Executor(store, lease_seconds=Settings.from_env().lease_seconds)
+        return _executor
+
+
+class Run:
+    """A handle on a run: ``run.id``, ``run.status()``, ``run.result(timeout)``."""
+
+    def __init__(self, run_id: str, store: Store | None = None) -> None:
+        self.id = run_id
+        self._store = store
+
+    @property
+    def store(self) -> Store:
+        return self._store or _the_store()
+
+    def __repr__(self) -> str:
+        return f"Run({self.id!r})"
+
+    def record(self) -> RunRecord:
+        return self.store.get_run(self.id)
+
+    def status(self) -> RunStatus:
+        return self.record().status
+
+    def log(self, after: int = 0) -> list[LogEntry]:
+        return self.store.read(self.id, after=after)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the run to end: its output, or `RunFailedError` / `RunCancelledError`.
+
+        Inside a workflow this is a durable wait for a child run, recorded like a step.
+        Elsewhere, `TimeoutError` after ``timeout`` seconds.
+        """
+        ctx = current()
+        if ctx is not None and not in_step.get():
+            return self._durable_result(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            record = self.record()
+            if record.status.terminal:
+                return _outcome(record)
+            if end is not None and time.monotonic() >= end:
+                raise TimeoutError(
+                    f"run {self.id} is still {record.status.value} after {timeout:g} s"
+                )
+            time.sleep(delay if end is None else min(delay, max(0.0, end - time.monotonic())))
+            delay = min(delay * 1.5, 0.25)
+
+    def _durable_result(self, timeout: float | None) -> Any:
+        ctx = current()
+        assert ctx is not None
+        pos = ctx.next_position()
+        called = f"result of child run {self.id}"
+        entry = ctx.recorded(pos, ("child_result",), called)
+        if entry is None:
+            ctx.boundary()
+            store = ctx.store
+
+            def poll() -> tuple[bool, Any]:
+                record = store.get_run(self.id)
+                return (True, record) if record.status.terminal else (False, None)
+
+            deadline = None if timeout is None else time.time() + timeout
+            done, record = ctx.block(poll, deadline, lambda: poll()[0])
+            if not done:
+                raise TimeoutError(f"child run {self.id} did not end within {timeout:g} s")
+            payload = {
+                "pos": pos,
+                "child": self.id,
+                "status": record.status.value,
+                "output": record.output,
+                "error": record.error,
+            }
+            ctx.record("child_result", payload)
+        else:
+            payload = entry.payload
+        record = ctx.store.get_run(self.id)
+        return _outcome(record, status=RunStatus(payload["status"]), payload=payload)
+
+
+def _outcome(
+    record: RunRecord, *, status: RunStatus | None = None, payload: dict[str, Any] | None = None
+) -> Any:
+    status = status or record.status
+    output = record.output if payload is None else payload.get("output")
+    error = record.error if payload is None else payload.get("error")
+    if status is RunStatus.COMPLETED:
+        return from_json(output, _return_type(record.workflow))
+    if status is RunStatus.CANCELLED:
+        raise RunCancelledError(record.id)
+    raise RunFailedError(record.id, error)
+
+
+def _return_type(workflow: str) -> Any:
+    try:
+        wf = lookup_workflow(workflow)
+        return typing.get_type_hints(wf.fn).get("return")
+    except Exception:
+        return None
+
+
+def _as_workflow(fn: Callable[..., Any] | str) -> WorkflowDef:
+    if isinstance(fn, str):
+        return lookup_workflow(fn)
+    wf = workflow_def(fn)
+    if wf is None:
+        raise TorporError(
+            f"{getattr(fn, '__qualname__', fn)!r} is not a workflow; decorate it with "
+            "@torpor.workflow()"
+        )
+    return wf
+
+
+def start(
+    fn: Callable[..., Any] | str,
+    *args: Any,
+    road: str | Road = Road.REPLAY,
+    detach: bool = False,
+    queue: str = "default",
+    priority: int = 0,
+    **kwargs: Any,
+) -> Run:
+    """Start a run of workflow ``fn`` with these arguments and return its handle.
+
+    Executes it in this process (threads of an embedded worker) unless ``detach``, which
+    only enqueues it for `torpor worker` processes. Inside a workflow, starts a child run
+    (recorded: a replay gets the same child back).
+    """
+    wf = _as_workflow(fn)
+    road = Road(road)
+    if road is not Road.REPLAY:
+        raise TorporError(
+            "the snapshot road is not available in this version of torpor; use road='replay'"
+        )
+    data = encode_input(args, kwargs)
+    ctx = current()
+    if ctx is not None and not in_step.get():
+        return _start_child(wf, road, data, queue, priority)
+    store = _the_store()
+    run = store.create_run(
+        wf.name, road=road, input=data, queue=queue, priority=priority, source=wf.source
+    )
+    if not detach:
+        _the_executor().claim(run_id=run.id)
+    return Run(run.id, store)
+
+
+def _start_child(
+    wf: WorkflowDef, road: Road, data: dict[str, Any], queue: str, priority: int
+) -> Run:
+    ctx = current()
+    assert ctx is not None
+    pos = ctx.next_position()
+    entry = ctx.recorded(pos, ("child",), f"torpor.start({wf.name})")
+    if entry is not None:
+        child_id = str(entry.payload["child"])
+        return Run(child_id, ctx.store)
+    ctx.boundary()
+    # The child's id follows from the parent's and the position: after a crash between
+    # creating the child and recording it, the replay finds the same child, not a twin.
+    child_id = f"{ctx.run.id}-{pos}"
+    try:
+        ctx.store.get_run(child_id)
+    except RunNotFoundError:
+        ctx.store.create_run(
+            wf.name, road=road, input=data, queue=queue, priority=priority,
+            parent_id=ctx.run.id, run_id=child_id, source=wf.source,
+        )  # fmt: skip
+    ctx.record("child", {"pos": pos, "workflow": wf.name, "child": child_id})
+    ctx.spawn(child_id)
+    return Run(child_id, ctx.store)
+
+
+def send(run_id: str, name: str, payload: Any = None) -> None:
+    """Deliver the event ``name`` to a run (it may be waiting for it, or wait later)."""
+    _the_store().send_event(run_id, name, payload)
+
+
+def cancel(run_id: str) -> RunStatus:
+    """Cancel a run: at once if idle, else at its next step boundary."""
+    return _the_store().cancel_run(run_id).status
+
+
+def fork(run_id: str, at: int | None = None, *, detach: bool = False) -> Run:
+    """A new run of the same workflow and input that reuses the recorded results of the
+    calls before position ``at`` (all recorded calls if None) and executes from there."""
+    store = _the_store()
+    source = store.get_run(run_id)
+    if source.road is not Road.REPLAY:
+        raise TorporError("forking snapshot-road runs is not available in this version")
+    child = store.create_run(
+        source.workflow,
+        road=source.road,
+        input=source.input,
+        queue=source.queue,
+        priority=source.priority,
+        forked_from=run_id,
+        source=source.source,
+    )
+    copied = 0
+    for entry in store.read(run_id):
+        pos = entry.payload.get("pos") if isinstance(entry.payload, dict) else None
+        if isinstance(pos, int) and (at is None or pos < at):
+            store.append(child.id, entry.kind, entry.payload)
+            copied += 1
+    store.append(child.id, "forked", {"from": run_id, "at": at, "copied": copied})
+    if not detach:
+        _the_executor().claim(run_id=child.id)
+    return Run(child.id, store)
+
+
+def resume(run_id: str, *, detach: bool = False) -> Run:
+    """Queue a failed or cancelled replay-road run again (e.g. after fixing its code)."""
+    store = _the_store()
+    store.requeue_run(run_id)
+    if not detach:
+        _the_executor().claim(run_id=run_id)
+    return Run(run_id, store)

@@ -1,0 +1,158 @@
+"""Executing claimed runs in threads of this process, with their leases kept alive."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Sequence
+
+from .._errors import FencedError, TorporError
+from .._model import Road, RunRecord
+from ..replay._context import WorkflowContext
+from ..replay._engine import execute_run
+from ..store import Store
+
+__all__ = ["Executor", "new_worker_id"]
+
+log = logging.getLogger("torpor.worker")
+
+
+def new_worker_id() -> str:
+    return f"w-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Executor:
+    """Runs claimed runs, one thread each, renewing their leases every third of a lease.
+
+    ``park_after``: seconds a run may block in a wait before it is parked (released until
+    its event or deadline); None keeps it waiting in this process.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        worker_id: str | None = None,
+        lease_seconds: float = 30.0,
+        park_after: float | None = None,
+    ) -> None:
+        self.store = store
+        self.worker_id = worker_id or new_worker_id()
+        self.lease_seconds = lease_seconds
+        self.park_after = park_after
+        self.stopping = threading.Event()
+        self._active: dict[str, RunRecord] = {}
+        self._contexts: dict[str, WorkflowContext] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._heartbeat = threading.Thread(
+            target=self._renew_leases, name="torpor-heartbeat", daemon=True
+        )
+        self._heartbeat.start()
+
+    @property
+    def active(self) -> int:
+        with self._lock:
+            return len(self._active)
+
+    def claim(self, queues: Sequence[str] | None = None, run_id: str | None = None) -> bool:
+        """Claim one runnable run (or this one) and start it; False if there was none."""
+        run = self.store.claim_run(self.worker_id, self.lease_seconds, queues, run_id=run_id)
+        if run is None:
+            return False
+        self.submit(run)
+        return True
+
+    def submit(self, run: RunRecord) -> None:
+        if run.road is not Road.REPLAY:
+            self._refuse_road(run)
+            return
+        thread = threading.Thread(
+            target=self._execute, args=(run,), name=f"torpor-{run.id}", daemon=True
+        )
+        with self._lock:
+            self._active[run.id] = run
+            self._threads[run.id] = thread
+        thread.start()
+
+    def _refuse_road(self, run: RunRecord) -> None:
+        from .._model import RunStatus
+
+        error = TorporError(f"the {run.road.value} road is not available in this version")
+        self.store.update_run(
+            run.id,
+            run.epoch,
+            status=RunStatus.FAILED,
+            error={"type": "torpor.TorporError", "message": error.message},
+            entry=("failed", {"message": error.message}),
+        )
+
+    def spawn(self, run_id: str) -> None:
+        """Start a child run here if nobody holds it (best effort: workers may take it)."""
+        if not self.stopping.is_set():
+            self.claim(run_id=run_id)
+
+    def _execute(self, run: RunRecord) -> None:
+        try:
+            execute_run(
+                self.store,
+                run,
+                worker_id=self.worker_id,
+                park_after=self.park_after,
+                stopping=self.stopping,
+                spawn=self.spawn,
+                on_context=self._track,
+            )
+        except Exception:
+            log.exception("run %s: the executor failed; the lease will expire", run.id)
+        finally:
+            with self._lock:
+                self._active.pop(run.id, None)
+                self._contexts.pop(run.id, None)
+                self._threads.pop(run.id, None)
+
+    def _track(self, ctx: WorkflowContext) -> None:
+        with self._lock:
+            self._contexts[ctx.run.id] = ctx
+
+    def _renew_leases(self) -> None:
+        while not self._closed.wait(self.lease_seconds / 3):
+            with self._lock:
+                runs = list(self._active.values())
+            for run in runs:
+                try:
+                    cancel = self.store.renew_lease(
+                        run.id, self.worker_id, run.epoch, self.lease_seconds
+                    )
+                except FencedError:
+                    self._flag(run.id, fenced=True)
+                    continue
+                except Exception:
+                    log.warning("run %s: lease renewal failed; retrying", run.id, exc_info=True)
+                    continue
+                if cancel:
+                    self._flag(run.id, cancel=True)
+
+    def _flag(self, run_id: str, *, fenced: bool = False, cancel: bool = False) -> None:
+        with self._lock:
+            ctx = self._contexts.get(run_id)
+        if ctx is not None:
+            ctx.fenced = ctx.fenced or fenced
+            ctx.cancel_requested = ctx.cancel_requested or cancel
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the runs in flight; True if they all left in time."""
+        with self._lock:
+            threads = list(self._threads.values())
+        end = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            thread.join(None if end is None else max(0.0, end - time.monotonic()))
+        return all(not t.is_alive() for t in threads)
+
+    def close(self) -> None:
+        self._closed.set()
