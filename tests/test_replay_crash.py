@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import torpor_env
 
+from conftest import torpor_env
 from torpor import RunStatus
 from torpor.store import open_store
 
