@@ -167,3 +167,34 @@ def test_demo_preview_runs(cli: Cli) -> None:
     result = cli("demo")
     assert result.code == 0, result.err
     assert "tool_call" in result.out and "completed" in cli("ps", "--all").out
+
+
+WORKFLOWS = Path(__file__).parent / "workflows"
+
+
+def test_run_executes_a_workflow_and_prints_its_result(cli: Cli, tmp_path: Path) -> None:
+    lines = tmp_path / "lines.txt"
+    target = f"{WORKFLOWS / 'five_steps.py'}:five_steps"
+    result = cli("run", target, json.dumps([str(lines)]))
+    assert result.code == 0, result.err
+    assert json.loads(result.out) == [f"line {n}" for n in range(1, 6)]
+    as_json = json.loads(cli("run", target, json.dumps({"path": str(lines)}), "--json").out)
+    assert as_json["status"] == "completed" and as_json["output"][0] == "line 1"
+    assert len(lines.read_text().splitlines()) == 10
+
+
+def test_run_reports_bad_targets_and_failures(cli: Cli, tmp_path: Path) -> None:
+    flow = tmp_path / "flow.py"
+    flow.write_text(
+        "import torpor\n\n@torpor.workflow()\ndef boom() -> None:\n    raise KeyError('gone')\n"
+    )
+    _one_line_error(cli("run", f"{flow}:boom"), "failed: builtins.KeyError")
+    _one_line_error(cli("run", f"{flow}:nothing"), "has no function 'nothing'", "boom")
+    _one_line_error(cli("run", f"{tmp_path}/missing.py:main"), "no such file")
+    _one_line_error(cli("run", f"{flow}:boom", '"x"'), "must be a JSON list")
+    _one_line_error(cli("run", f"{flow}:boom", "--road", "snapshot"), "snapshot road")
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_module_here\n")
+    _one_line_error(cli("run", f"{broken}:main"), "importing", "ModuleNotFoundError")
+    failed = json.loads(cli("ps", "--all", "--json").out)
+    assert [r["status"] for r in failed] == ["failed"]  # only the run that started

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import os
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -10,7 +14,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .._config import Settings, redact_url
-from .._errors import TorporError
+from .._errors import CriuNotFoundError, TorporError
+from ..sandbox import Criu, Sandbox, find_criu, find_orphans, remove_orphans
+from ..sandbox._cgroup import available_controllers
 from ..store import SCHEMA_VERSION, open_store
 
 __all__ = ["doctor"]
@@ -28,19 +34,27 @@ class _Report:
         self.ok = False
         self.echo(f"FAIL  {what:<12} {detail}\n      {'':<12} fix: {fix}")
 
+    def warn(self, what: str, detail: str, fix: str) -> None:
+        """Something optional is missing: worth fixing, but torpor works without it."""
+        self.echo(f"WARN  {what:<12} {detail}\n      {'':<12} fix: {fix}")
+
     def note(self, what: str, detail: str) -> None:
         self.echo(f"--    {what:<12} {detail}")
 
 
-def doctor(settings: Settings, echo: Callable[[str], None]) -> bool:
-    """Print one line per check; True if nothing failed."""
+def doctor(settings: Settings, echo: Callable[[str], None], cleanup: bool = False) -> bool:
+    """Print one line per check; True if nothing failed.
+
+    With ``cleanup``, sandboxes left behind by crashed processes are removed, not just listed.
+    """
     report = _Report(echo)
     report.good("python", f"{platform.python_implementation()} {sys.version.split()[0]}")
     report.good("kernel", f"{platform.system()} {platform.release()} ({platform.machine()})")
     _check_home(report, settings.home)
     _check_store(report, settings)
     _check_blobs(report, settings.blob_url)
-    report.note("snapshot", "CRIU and sandbox checks are not in this version yet")
+    _check_snapshot_road(report, settings)
+    _check_orphans(report, settings, cleanup)
     return report.ok
 
 
@@ -94,3 +108,141 @@ def _check_blobs(report: _Report, blob_url: str) -> None:
             f"unsupported TORPOR_BLOB_URL {blob_url!r}",
             "use file:///path or s3://bucket/prefix",
         )
+
+
+# -- the snapshot road -------------------------------------------------------------------
+
+# Kernel options CRIU and the sandbox need; /proc/config.gz shows them when the kernel has it.
+_KERNEL_OPTIONS = ["CONFIG_CHECKPOINT_RESTORE", "CONFIG_NAMESPACES", "CONFIG_PID_NS"]
+
+
+def _check_snapshot_road(report: _Report, settings: Settings) -> None:
+    """Kernel, privileges, overlayfs, cgroups, CRIU, then a real sandbox checkpoint/restore."""
+    ready = _check_kernel(report)
+    if os.geteuid() != 0:
+        report.bad("privileges", "not root", "run torpor as root: CRIU needs CAP_SYS_ADMIN")
+        ready = False
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        report.bad("overlayfs", "not in /proc/filesystems", "load it: modprobe overlay")
+        ready = False
+    controllers = available_controllers()
+    if controllers:
+        report.good("cgroups", f"{' and '.join(controllers)} limits available")
+    else:
+        report.note("cgroups", "no writable memory/pids cgroup: sandboxes run without limits")
+    criu = _check_criu(report, settings)
+    if criu is not None and ready:
+        _check_sandbox(report, settings)
+
+
+def _check_kernel(report: _Report) -> bool:
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            config = f.read()
+    except OSError:
+        report.note("kernel cfg", "/proc/config.gz is absent; the sandbox test below decides")
+        return True
+    missing = [opt for opt in _KERNEL_OPTIONS if f"{opt}=y" not in config]
+    if missing:
+        report.bad(
+            "kernel cfg",
+            f"{', '.join(missing)} not set",
+            "use a kernel built with them (most distribution kernels are)",
+        )
+        return False
+    detail = ", ".join(_KERNEL_OPTIONS)
+    if "CONFIG_MEM_SOFT_DIRTY=y" not in config:
+        detail += " (no MEM_SOFT_DIRTY: every checkpoint dumps all memory)"
+    report.good("kernel cfg", detail)
+    return True
+
+
+def _check_criu(report: _Report, settings: Settings) -> Criu | None:
+    try:
+        criu = find_criu(settings)
+    except CriuNotFoundError as exc:
+        fix = "run scripts/provision-criu, or set TORPOR_CRIU=/path/to/criu (4.2 or newer)"
+        configured = os.environ.get("TORPOR_CRIU") or (settings.home / "criu/bin/criu").exists()
+        if configured:  # the user chose a CRIU and it does not work: that is a failure
+            report.bad("criu", exc.tried, fix)
+        else:  # the replay road works without CRIU
+            report.warn("criu", f"snapshot road unavailable: {exc.tried}", fix)
+        return None
+    report.good("criu", f"{criu.version} at {criu.path} (from {criu.source})")
+    proc = subprocess.run(
+        [criu.path, "check"], capture_output=True, text=True, timeout=60, check=False
+    )
+    if proc.returncode != 0:
+        lines = [
+            line
+            for line in (proc.stdout + proc.stderr).splitlines()
+            if "RLIMIT_NOFILE" not in line and line.strip()
+        ]
+        report.bad(
+            "criu check",
+            lines[-1] if lines else f"exit status {proc.returncode}",
+            "this CRIU does not support this kernel; set TORPOR_CRIU to a newer one",
+        )
+        return None
+    report.good("criu check", "the kernel supports what CRIU needs")
+    return criu
+
+
+def _check_sandbox(report: _Report, settings: Settings) -> None:
+    """Launch, checkpoint and restore a real sandbox: nothing less proves the road works."""
+    scratch = Path(tempfile.mkdtemp(prefix="doctor-", dir=_mkdir(settings.home)))
+    boxes: list[Sandbox] = []
+    try:
+        box = Sandbox.launch(["sleep", "600"], settings=settings)
+        boxes.append(box)
+        checkpoint = box.checkpoint(scratch / "checkpoint")
+        restored = Sandbox.restore(checkpoint, settings=settings)
+        boxes.append(restored)
+        if restored.poll() is not None:
+            raise RuntimeError(f"the restored sandbox ended with status {restored.returncode}")
+    except (TorporError, OSError, RuntimeError) as exc:
+        report.bad(
+            "sandbox",
+            f"launch/checkpoint/restore test failed: {getattr(exc, 'message', exc)}",
+            "see the message; scripts/provision-criu --check tests CRIU alone",
+        )
+        return
+    finally:
+        for b in boxes:
+            b.teardown()
+        shutil.rmtree(scratch, ignore_errors=True)
+    report.good(
+        "sandbox",
+        f"launch {box.timings['launch'] * 1000:.0f} ms, "
+        f"checkpoint {checkpoint.total_seconds * 1000:.0f} ms "
+        f"({checkpoint.image_bytes / 2**20:.1f} MiB), "
+        f"restore {restored.timings['restore'] * 1000:.0f} ms",
+    )
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _check_orphans(report: _Report, settings: Settings, cleanup: bool) -> None:
+    orphans = find_orphans(settings)
+    if not orphans:
+        report.good("sandboxes", "no orphaned sandboxes")
+        return
+    listing = ", ".join(
+        f"{o.sandbox_id} ({'running, ' if o.running_pid else ''}{o.mounts} mounts)" for o in orphans
+    )
+    if not cleanup:
+        report.bad(
+            "sandboxes",
+            f"{len(orphans)} orphaned (their owner process is gone): {listing}",
+            "torpor doctor --cleanup",
+        )
+        return
+    try:
+        remove_orphans(orphans)
+    except TorporError as exc:
+        report.bad("sandboxes", exc.message, "see the message")
+        return
+    report.good("sandboxes", f"removed {len(orphans)} orphaned: {listing}")

@@ -166,9 +166,10 @@ def cancel(run_id: str) -> None:
 
 
 @main.command("doctor")
-def doctor_command() -> None:
+@click.option("--cleanup", is_flag=True, help="Remove sandboxes left behind by crashed processes.")
+def doctor_command(cleanup: bool) -> None:
     """Check the store, the blob store and the machine; say how to fix what is missing."""
-    if not doctor(Settings.from_env(), click.echo):
+    if not doctor(Settings.from_env(), click.echo, cleanup=cleanup):
         raise SystemExit(1)
 
 

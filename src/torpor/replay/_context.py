@@ -104,6 +104,10 @@ class WorkflowContext:
             pos = entry.payload.get("pos") if isinstance(entry.payload, dict) else None
             if isinstance(pos, int) and entry.kind in _DESCRIBE:
                 ctx.at.setdefault(pos, []).append(entry)
+            elif entry.kind == "resumed" and isinstance(entry.payload.get("retry"), int):
+                # The step error that ended the run is forgotten: the step runs again.
+                retry = entry.payload["retry"]
+                ctx.at[retry] = [e for e in ctx.at.get(retry, []) if "error" not in e.payload]
         return ctx
 
     def activate(self) -> contextvars.Token[WorkflowContext | None]:

@@ -264,9 +264,19 @@ def fork(run_id: str, at: int | None = None, *, detach: bool = False) -> Run:
 
 
 def resume(run_id: str, *, detach: bool = False) -> Run:
-    """Queue a failed or cancelled replay-road run again (e.g. after fixing its code)."""
+    """Queue a failed or cancelled replay-road run again (e.g. after fixing its code).
+
+    Recorded results are kept; a step whose recorded error ended the run executes again.
+    """
     store = _the_store()
-    store.requeue_run(run_id)
+    last = None
+    for entry in store.read(run_id):
+        if isinstance(entry.payload, dict) and isinstance(entry.payload.get("pos"), int):
+            last = entry
+    retry = None
+    if last is not None and last.kind == "step" and "error" in last.payload:
+        retry = last.payload["pos"]
+    store.requeue_run(run_id, {"retry": retry})
     if not detach:
         _the_executor().claim(run_id=run_id)
     return Run(run_id, store)

@@ -191,8 +191,9 @@ class Store(ABC):
         """Make a parked run (waiting or suspended, no lease) claimable now."""
 
     @abstractmethod
-    def requeue_run(self, run_id: str) -> RunRecord:
-        """Queue a failed or cancelled run again (``torpor resume`` on the replay road)."""
+    def requeue_run(self, run_id: str, note: dict[str, Any] | None = None) -> RunRecord:
+        """Queue a failed or cancelled run again (``torpor resume`` on the replay road),
+        logging a ``resumed`` entry with ``note``'s fields."""
 
     @abstractmethod
     def list_events(self, run_id: str) -> list[Event]:

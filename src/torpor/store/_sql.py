@@ -473,7 +473,7 @@ class SqlStore(Store):
                 (now, now, run_id, *_PARKED),
             )
 
-    def requeue_run(self, run_id: str) -> RunRecord:
+    def requeue_run(self, run_id: str, note: dict[str, Any] | None = None) -> RunRecord:
         now = time.time()
         with self._write() as tx:
             run = self._get_run(tx, run_id)
@@ -491,7 +491,7 @@ class SqlStore(Store):
                 tx,
                 run_id,
                 "resumed",
-                encode_json({"from": run.status.value}, "resumed"),
+                encode_json({**(note or {}), "from": run.status.value}, "resumed"),
                 None,
                 None,
                 now,

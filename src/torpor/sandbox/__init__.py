@@ -1,0 +1,22 @@
+"""Sandboxes for the snapshot road: a process tree in its own namespaces, checkpointed by CRIU.
+
+See docs/sandbox.md for how to use them, what they guarantee and what they cost.
+"""
+
+from __future__ import annotations
+
+from ._cleanup import Orphan, find_orphans, remove_orphans
+from ._criu import MIN_CRIU_VERSION, Criu, find_criu
+from ._sandbox import Checkpoint, Sandbox, SandboxState
+
+__all__ = [
+    "MIN_CRIU_VERSION",
+    "Checkpoint",
+    "Criu",
+    "Orphan",
+    "Sandbox",
+    "SandboxState",
+    "find_criu",
+    "find_orphans",
+    "remove_orphans",
+]

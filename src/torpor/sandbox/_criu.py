@@ -1,0 +1,153 @@
+"""Finding a CRIU that works on this kernel, and running it with errors a person can act on."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._config import Settings
+from .._errors import CriuError, CriuNotFoundError
+
+__all__ = ["MIN_CRIU_VERSION", "Criu", "find_criu"]
+
+MIN_CRIU_VERSION = (4, 2)
+_MIN_TEXT = ".".join(map(str, MIN_CRIU_VERSION))
+
+# Substrings of CRIU's log that have a known cause, and what the user should do about it.
+_HINTS: list[tuple[str, str]] = [
+    (
+        "unresolved",
+        "a unix socket connects to a peer outside the sandbox; close it before checkpointing",
+    ),
+    ("io_uring", "io_uring cannot be checkpointed; stop using it in the sandbox"),
+    ("inotify", "inotify watches on the overlay root cannot be checkpointed; drop them"),
+    ("ghost", "a deleted file is still open and too large to keep; close or truncate it"),
+    ("Can't get 1:16 opt", "this CRIU is too old for the kernel; use CRIU 4.2 or newer"),
+    ("file locks", "a file lock is held in an unsupported way; release it first"),
+    ("Can't lookup mount", "a file descriptor points outside the sandbox; close it"),
+]
+
+
+@dataclass(frozen=True)
+class Criu:
+    """A CRIU binary that reported a usable version; ``source`` says how it was found."""
+
+    path: str
+    version: str
+    source: str
+
+    def run(
+        self, args: list[str], *, log: Path, sandbox_id: str, operation: str, timeout: float = 300
+    ) -> float:
+        """Run ``criu ARGS -o LOG`` and return its wall time in seconds.
+
+        Raises:
+            CriuError: criu exited non-zero or timed out; the message quotes its log.
+        """
+        cmd = [self.path, *args, "-o", str(log), "-v4"]
+        started = time.perf_counter()
+        try:
+            proc = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise CriuError(
+                sandbox_id,
+                operation,
+                f"no answer within {timeout:.0f} s",
+                str(log),
+                "see the log; a very large process may need a longer timeout",
+            ) from None
+        elapsed = time.perf_counter() - started
+        if proc.returncode != 0:
+            errors = _log_errors(log)
+            detail = (
+                " | ".join(errors[:3]) or (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            )
+            raise CriuError(sandbox_id, operation, detail, str(log), _fix_for(errors))
+        return elapsed
+
+
+def _log_lines(log: Path) -> list[str]:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    # Every run here logs a harmless RLIMIT_NOFILE error; it would hide the real one.
+    return [line for line in text.splitlines() if "RLIMIT_NOFILE" not in line]
+
+
+def _log_errors(log: Path) -> list[str]:
+    return [line.strip() for line in _log_lines(log) if "Error" in line or "FAIL" in line]
+
+
+def _fix_for(errors: list[str]) -> str:
+    text = "\n".join(errors)
+    for needle, fix in _HINTS:
+        if needle in text:
+            return fix
+    return "read the log for the first Error line"
+
+
+def _version_of(path: str) -> str | None:
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"^Version:\s*(\S+)", out, re.M)
+    return match.group(1) if match else None
+
+
+def _new_enough(version: str) -> bool:
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+    return parts >= MIN_CRIU_VERSION
+
+
+def find_criu(settings: Settings | None = None) -> Criu:
+    """The CRIU to use: ``TORPOR_CRIU``, else ``$TORPOR_HOME/criu/bin/criu``, else ``criu``
+    on PATH if it is 4.2 or newer.
+
+    An explicitly named or provisioned CRIU that does not work is an error, not a reason to
+    fall back: the user asked for that one.
+
+    Raises:
+        CriuNotFoundError: nothing usable was found; the message says what was tried.
+    """
+    settings = settings or Settings.from_env()
+    explicit = os.environ.get("TORPOR_CRIU")
+    if explicit:
+        return _checked(explicit, "TORPOR_CRIU")
+    provisioned = settings.home / "criu" / "bin" / "criu"
+    if os.access(provisioned, os.X_OK):
+        return _checked(str(provisioned), "TORPOR_HOME")
+    on_path = shutil.which("criu")
+    if on_path is None:
+        raise CriuNotFoundError(f"TORPOR_CRIU is unset, {provisioned} is absent, no criu on PATH")
+    version = _version_of(on_path)
+    if version is None or not _new_enough(version):
+        raise CriuNotFoundError(
+            f"TORPOR_CRIU is unset, {provisioned} is absent, and {on_path} is criu "
+            f"{version or '(unknown version)'}, older than {_MIN_TEXT}"
+        )
+    return Criu(on_path, version, "PATH")
+
+
+def _checked(path: str, source: str) -> Criu:
+    version = _version_of(path)
+    if version is None:
+        raise CriuNotFoundError(f"{source} names {path}, which does not run as criu")
+    if not _new_enough(version):
+        raise CriuNotFoundError(f"{source} names {path}, criu {version}, older than {_MIN_TEXT}")
+    return Criu(path, version, source)

@@ -1,0 +1,658 @@
+"""A process tree in its own pid and mount namespaces on an overlay root, checkpointed by CRIU.
+
+A sandbox directory holds::
+
+    sandbox.json         who owns it, its init's pid, its cgroups (read by orphan clean-up)
+    upper/ work/ merged/ the overlay root: base root below, the sandbox's changes in upper/
+    workspace/           /workspace inside (unless launched with a host workspace)
+    run/                 /run/torpor inside: stdout.log, stderr.log, init.log, ready, exit
+
+A checkpoint directory holds ``images/`` (CRIU's), copies of ``upper/``, ``workspace/`` and
+``run/`` taken while the tree was frozen, ``dump.log`` and ``checkpoint.json``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .._config import Settings
+from .._errors import SandboxError
+from . import _host
+from ._cgroup import create_cgroups, remove_cgroups, restore_args, set_pids_limit
+from ._criu import Criu, find_criu
+
+__all__ = ["Checkpoint", "Sandbox", "SandboxState", "read_sandbox_meta"]
+
+_INIT = Path(__file__).with_name("_init.py")
+_READY_TIMEOUT = 30.0
+_BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+}
+# The two host directories bind-mounted into the sandbox; CRIU must be told they are external,
+# or a restored copy would write to the original's directories.
+_EXTERNALS = {"ws": "/workspace", "run": "/run/torpor"}
+_CRIU_COMMON = ["--tcp-close", "--file-locks", "--network-lock", "skip"]
+
+
+class SandboxState(enum.StrEnum):
+    """Where a sandbox is in its life."""
+
+    RUNNING = "running"
+    EXITED = "exited"  # the command exited: returncode is its status
+    KILLED = "killed"  # ended by a signal (kill(), the OOM killer, ...): returncode < 0
+    CHECKPOINTED = "checkpointed"  # dumped and stopped by checkpoint()
+    REMOVED = "removed"  # torn down: its directory is gone
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A sandbox frozen at one moment: CRIU images plus its root and workspace layers.
+
+    Times are seconds: ``dump_seconds`` is CRIU's dump including ``layers_seconds``, the copy
+    of the layers made while the tree was frozen; ``total_seconds`` is the whole call. Sizes
+    are raw bytes, before any compression or deduplication.
+    """
+
+    directory: Path
+    sandbox_id: str
+    created_at: float
+    cmd: list[str]
+    base_root: str
+    network: bool
+    memory_limit: int | None
+    pids_limit: int | None
+    leave_running: bool
+    dump_seconds: float
+    layers_seconds: float
+    total_seconds: float
+    image_bytes: int
+    layer_bytes: int
+
+    @property
+    def images(self) -> Path:
+        return self.directory / "images"
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Checkpoint:
+        """Read a checkpoint back from its directory.
+
+        Raises:
+            SandboxError: the directory holds no complete checkpoint.
+        """
+        path = Path(directory).absolute()
+        try:
+            fields = json.loads((path / "checkpoint.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise SandboxError(
+                "?",
+                f"{path} holds no readable checkpoint ({exc})",
+                "pass the directory that Sandbox.checkpoint() wrote",
+            ) from None
+        return cls(directory=path, **fields)
+
+    def _save(self) -> None:
+        fields = asdict(self)
+        del fields["directory"]
+        _write_json(self.directory / "checkpoint.json", fields)
+
+
+class Sandbox:
+    """A running (or finished) sandbox; build one with `launch`, `restore` or `fork`.
+
+    Use it as a context manager, or call `teardown`, so nothing stays mounted or running.
+    """
+
+    def __init__(self, sandbox_id: str, directory: Path, settings: Settings) -> None:
+        self.id = sandbox_id
+        self.directory = directory
+        self.timings: dict[str, float] = {}
+        self._settings = settings
+        self._incarnation = secrets.token_hex(8)
+        self._meta: dict[str, Any] = {}
+        self._pid: int | None = None
+        self._started: int | None = None
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._returncode: int | None = None
+        self._state = SandboxState.RUNNING
+        self._cgroups: list[Path] = []
+
+    # -- creating -------------------------------------------------------------------------
+
+    @classmethod
+    def launch(
+        cls,
+        cmd: Sequence[str],
+        *,
+        base_root: str | os.PathLike[str] = "/",
+        workspace: str | os.PathLike[str] | None = None,
+        network: bool = True,
+        env: Mapping[str, str] | None = None,
+        memory_limit: int | None = None,
+        pids_limit: int | None = None,
+        directory: str | os.PathLike[str] | None = None,
+        settings: Settings | None = None,
+    ) -> Sandbox:
+        """Start ``cmd`` in a new sandbox and return once it runs.
+
+        Args:
+            cmd: the command; it runs in ``/workspace`` as pid 2, stdin ``/dev/null``,
+                stdout and stderr to `stdout_path` and `stderr_path`.
+            base_root: the read-only lower layer of the root filesystem; it must hold a
+                ``python3`` (the sandbox's init is a small Python program).
+            workspace: a host directory to mount at ``/workspace`` (default: a new empty one
+                inside the sandbox directory).
+            network: share the host's network (True) or get a private loopback-only one.
+            env: variables on top of a minimal PATH/HOME/LANG; the host's environment
+                (API keys included) never enters the sandbox.
+            memory_limit: bytes, enforced by a cgroup. pids_limit: tasks, likewise.
+            directory: where the sandbox keeps its files (default
+                ``$TORPOR_HOME/sandboxes/<id>``); it must not exist yet.
+
+        Raises:
+            SandboxError: it could not start; the message says why and what to do.
+        """
+        settings = settings or Settings.from_env()
+        sandbox_id = _new_id()
+        if not cmd:
+            raise SandboxError(sandbox_id, "no command given", "pass e.g. ['python3', 'agent.py']")
+        started = time.perf_counter()
+        box = cls(sandbox_id, _new_directory(sandbox_id, directory, settings), settings)
+        base = Path(base_root).resolve()
+        own_workspace = workspace is None
+        ws = box.directory / "workspace" if own_workspace else Path(workspace).resolve()  # type: ignore[arg-type]
+        box._meta = {
+            "cmd": list(cmd),
+            "base_root": str(base),
+            "network": network,
+            "memory_limit": memory_limit,
+            "pids_limit": pids_limit,
+            "workspace": str(ws),
+        }
+        try:
+            box._save()
+            if not ws.is_dir():
+                if not own_workspace:
+                    raise SandboxError(sandbox_id, f"workspace {ws} is no directory", "create it")
+                ws.mkdir()
+            (box.directory / "upper").mkdir()
+            (box.directory / "run").mkdir()
+            box._mount_root(base)
+            box._cgroups = create_cgroups(sandbox_id, memory_limit, pids_limit)
+            box._save()
+            box._start(base, ws, network, {**_BASE_ENV, **(env or {})})
+        except BaseException:
+            box.teardown()
+            raise
+        box.timings["launch"] = time.perf_counter() - started
+        return box
+
+    @classmethod
+    def restore(
+        cls,
+        checkpoint: Checkpoint,
+        *,
+        directory: str | os.PathLike[str] | None = None,
+        settings: Settings | None = None,
+    ) -> Sandbox:
+        """Bring the checkpointed sandbox back, with the same id, where it left off.
+
+        The checkpoint directory must stay in place while the sandbox runs: its workspace is
+        the restored sandbox's read-only lower layer. Open TCP connections come back closed.
+
+        Raises:
+            SandboxError: the same sandbox still runs (use `fork` for a second copy).
+            CriuError: CRIU could not restore it; the message quotes its log.
+        """
+        settings = settings or Settings.from_env()
+        target = (
+            Path(directory) if directory else _default_directory(checkpoint.sandbox_id, settings)
+        )
+        meta = read_sandbox_meta(target)
+        if meta is not None:
+            if _host.alive(meta.get("pid"), meta.get("pid_start")):
+                raise SandboxError(
+                    checkpoint.sandbox_id,
+                    f"still runs (pid {meta['pid']}), so it cannot be restored a second time",
+                    "kill or tear it down first, or use Sandbox.fork for an independent copy",
+                )
+            _host.remove_directory(checkpoint.sandbox_id, target)
+        return cls._from_checkpoint(checkpoint, checkpoint.sandbox_id, target, settings)
+
+    @classmethod
+    def fork(
+        cls,
+        checkpoint: Checkpoint,
+        *,
+        directory: str | os.PathLike[str] | None = None,
+        settings: Settings | None = None,
+    ) -> Sandbox:
+        """Start an independent copy of the checkpointed sandbox, with a new id.
+
+        Its root and workspace are copy-on-write over the checkpoint's; it may run beside the
+        original and other forks (each has its own pid namespace). With ``network=True`` they
+        share the host's ports: a listening socket cannot be restored twice.
+
+        Raises:
+            CriuError: CRIU could not restore it; the message quotes its log.
+        """
+        settings = settings or Settings.from_env()
+        sandbox_id = _new_id()
+        target = _new_directory(sandbox_id, directory, settings)
+        return cls._from_checkpoint(checkpoint, sandbox_id, target, settings)
+
+    @classmethod
+    def _from_checkpoint(
+        cls, checkpoint: Checkpoint, sandbox_id: str, directory: Path, settings: Settings
+    ) -> Sandbox:
+        started = time.perf_counter()
+        criu = find_criu(settings)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        box = cls(sandbox_id, directory, settings)
+        box._meta = {
+            "cmd": checkpoint.cmd,
+            "base_root": checkpoint.base_root,
+            "network": checkpoint.network,
+            "memory_limit": checkpoint.memory_limit,
+            "pids_limit": checkpoint.pids_limit,
+            "workspace": str(directory / "workspace"),
+            "restored_from": str(checkpoint.directory),
+        }
+        try:
+            box._save()
+            _host.copy_tree(sandbox_id, checkpoint.directory / "upper", directory / "upper")
+            _host.copy_tree(sandbox_id, checkpoint.directory / "run", directory / "run")
+            box._mount_root(Path(checkpoint.base_root))
+            box._mount_overlay(
+                directory / "workspace",
+                checkpoint.directory / "workspace",
+                directory / "ws-upper",
+                directory / "ws-work",
+            )
+            box._cgroups = create_cgroups(
+                sandbox_id, checkpoint.memory_limit, checkpoint.pids_limit
+            )
+            box._save()
+            _host.become_subreaper()
+            box.timings["prepare"] = time.perf_counter() - started
+            pidfile = directory / "restored.pid"
+            args = [
+                "restore", "-D", str(checkpoint.images), "-d", "--root", str(directory / "merged"),
+                "--pidfile", str(pidfile), *_CRIU_COMMON,
+                "--external", f"mnt[ws]:{directory / 'workspace'}",
+                "--external", f"mnt[run]:{directory / 'run'}",
+            ]  # fmt: skip
+            args += restore_args(box._cgroups)
+            # The log lives outside the directory until success: a failure removes the directory.
+            log = settings.home / "logs" / f"restore-{sandbox_id}-{box._incarnation}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            # CRIU's helper processes run in the tree's cgroup: a tree at its task limit
+            # could not be restored under that limit.
+            set_pids_limit(box._cgroups, None)
+            box.timings["criu_restore"] = criu.run(
+                args, log=log, sandbox_id=sandbox_id, operation="restore"
+            )
+            set_pids_limit(box._cgroups, checkpoint.pids_limit)
+            os.replace(log, directory / "restore.log")
+            box._pid = int(pidfile.read_text())
+            box._started = _host.start_time(box._pid)
+            box._save()
+        except BaseException:
+            box.teardown()
+            raise
+        box.timings["restore"] = time.perf_counter() - started
+        return box
+
+    # -- using ----------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """The host pid of the sandbox's init (pid 1 inside); None once it is gone."""
+        return self._pid if self.state is SandboxState.RUNNING else None
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.directory / "run" / "stdout.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.directory / "run" / "stderr.log"
+
+    @property
+    def workspace(self) -> Path:
+        """The host directory seen as ``/workspace`` inside."""
+        return Path(self._meta["workspace"])
+
+    @property
+    def root(self) -> Path:
+        """The host path of the sandbox's root filesystem (the overlay), while it exists."""
+        return self.directory / "merged"
+
+    @property
+    def state(self) -> SandboxState:
+        self.poll()
+        return self._state
+
+    @property
+    def returncode(self) -> int | None:
+        """The command's exit status (negative: killed by that signal); None while running."""
+        return self.poll()
+
+    def poll(self) -> int | None:
+        """The exit status if the sandbox has ended, else None."""
+        if self._returncode is not None or self._pid is None:
+            return self._returncode
+        status = self._wait_status()
+        if status is None:
+            return None
+        if self._state is SandboxState.CHECKPOINTED:
+            self._returncode = -signal.SIGKILL  # CRIU's, after the dump
+            return self._returncode
+        # The init records the command's own status. Without that record the init itself was
+        # killed, and from outside only SIGKILL can kill a namespace's init (kill(), the OOM
+        # killer); `unshare` does not pass that on faithfully, so it is not asked.
+        exit_file = self.directory / "run" / "exit"
+        self._returncode = (
+            int(exit_file.read_text()) if exit_file.exists() else min(status, 0) or -signal.SIGKILL
+        )
+        self._state = SandboxState.EXITED if self._returncode >= 0 else SandboxState.KILLED
+        return self._returncode
+
+    def _wait_status(self) -> int | None:
+        assert self._pid is not None
+        if self._popen is not None:
+            return self._popen.poll()
+        try:
+            pid, raw = os.waitpid(self._pid, os.WNOHANG)
+        except ChildProcessError:  # not our child: another process restored it
+            return None if _host.alive(self._pid, self._started) else -9
+        return None if pid == 0 else os.waitstatus_to_exitcode(raw)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the sandbox to end and return its exit status.
+
+        Raises:
+            TimeoutError: it still runs after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"sandbox {self.id} still runs after {timeout} s")
+            time.sleep(0.005)
+        return code
+
+    def checkpoint(
+        self, images_dir: str | os.PathLike[str], *, leave_running: bool = False
+    ) -> Checkpoint:
+        """Dump the whole tree and its layers into ``images_dir`` (created; must not exist).
+
+        Without ``leave_running`` the tree is stopped afterwards and holds no memory; with it,
+        the tree runs on. Open TCP connections are recorded as closed: after a restore the
+        process reads EOF and must reconnect.
+
+        Raises:
+            SandboxError: the sandbox is not running, or ``images_dir`` exists.
+            CriuError: CRIU could not dump it (the tree keeps running); the message names the
+                cause when it is a known one (a unix socket to the outside, io_uring, ...).
+        """
+        started = time.perf_counter()
+        if self.state is not SandboxState.RUNNING:
+            raise SandboxError(
+                self.id, f"is {self._state}, not running: there is nothing to checkpoint",
+                "launch or restore it first",
+            )  # fmt: skip
+        criu = self._criu()
+        target = Path(images_dir).absolute()
+        try:
+            target.mkdir(parents=True)
+        except FileExistsError:
+            raise SandboxError(
+                self.id, f"checkpoint directory {target} already exists",
+                "pass a new directory; checkpoints are never overwritten",
+            ) from None  # fmt: skip
+        (target / "images").mkdir()
+        hook = target / "post-dump.sh"
+        hook.write_text(self._post_dump_script(target))
+        hook.chmod(0o755)
+        args = [
+            "dump", "-t", str(self._pid), "-D", str(target / "images"), *_CRIU_COMMON,
+            "--action-script", str(hook),
+            *(a for key, path in _EXTERNALS.items() for a in ("--external", f"mnt[{path}]:{key}")),
+        ]  # fmt: skip
+        if leave_running:
+            args.append("--leave-running")
+        else:
+            # Set first: the tree dies during the dump and poll() must not call that a kill.
+            self._state = SandboxState.CHECKPOINTED
+        try:
+            dump_seconds = criu.run(
+                args, log=target / "dump.log", sandbox_id=self.id, operation="dump"
+            )
+        except BaseException:
+            self._state = SandboxState.RUNNING
+            raise
+        if not leave_running:
+            self.wait(timeout=10)
+        checkpoint = Checkpoint(
+            directory=target,
+            sandbox_id=self.id,
+            created_at=time.time(),
+            cmd=self._meta["cmd"],
+            base_root=self._meta["base_root"],
+            network=self._meta["network"],
+            memory_limit=self._meta["memory_limit"],
+            pids_limit=self._meta["pids_limit"],
+            leave_running=leave_running,
+            dump_seconds=dump_seconds,
+            layers_seconds=int((target / "layers.ns").read_text()) / 1e9,
+            total_seconds=time.perf_counter() - started,
+            image_bytes=_host.tree_bytes(target / "images"),
+            layer_bytes=sum(_host.tree_bytes(target / p) for p in ("upper", "workspace", "run")),
+        )
+        checkpoint._save()
+        return checkpoint
+
+    def kill(self) -> None:
+        """Stop the whole tree at once (SIGKILL to its init) and wait until it is gone."""
+        if self._pid is not None and self._returncode is None:
+            _host.kill_tree(self._pid, self._started)
+            self.wait(timeout=10)
+
+    def teardown(self) -> None:
+        """Kill the tree, unmount everything and delete the sandbox directory.
+
+        A host workspace passed to `launch` is left in place. Safe to call twice.
+        """
+        if self._state is SandboxState.REMOVED:
+            return
+        self.kill()
+        remove_cgroups(self._cgroups)
+        meta = read_sandbox_meta(self.directory)
+        # A restore may have reused the directory since: then it is no longer ours to delete.
+        if meta is None or meta.get("incarnation") == self._incarnation:
+            _host.remove_directory(self.id, self.directory)
+        self._state = SandboxState.REMOVED
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.teardown()
+
+    def __repr__(self) -> str:
+        return f"<Sandbox {self.id} {self._state} pid={self._pid} at {self.directory}>"
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _criu(self) -> Criu:
+        return find_criu(self._settings)
+
+    def _save(self) -> None:
+        _write_json(
+            self.directory / "sandbox.json",
+            {
+                **self._meta,
+                "id": self.id,
+                "incarnation": self._incarnation,
+                "owner": os.getpid(),
+                "owner_start": _host.start_time(os.getpid()),
+                "pid": self._pid,
+                "pid_start": self._started,
+                "cgroups": [str(g) for g in self._cgroups],
+            },
+        )
+
+    def _mount_overlay(self, target: Path, lower: Path, upper: Path, work: Path) -> None:
+        for path in (target, lower, upper, work):
+            if {",", ":", "\\"} & set(str(path)):
+                raise SandboxError(
+                    self.id, f"path {path} has a comma, colon or backslash",
+                    "overlayfs cannot take it; choose TORPOR_HOME or directories without them",
+                )  # fmt: skip
+        for path in (target, upper, work):
+            path.mkdir(exist_ok=True)
+        _host.mount(
+            self.id, "overlay", target, "overlay",
+            f"lowerdir={lower},upperdir={upper},workdir={work}",
+        )  # fmt: skip
+
+    def _mount_root(self, base: Path) -> None:
+        if not base.is_dir():
+            raise SandboxError(self.id, f"base root {base} is no directory", "pass an existing one")
+        d = self.directory
+        self._mount_overlay(d / "merged", base, d / "upper", d / "work")
+
+    def _start(self, base: Path, workspace: Path, network: bool, env: dict[str, str]) -> None:
+        unshare = shutil.which("unshare")
+        if unshare is None:
+            raise SandboxError(self.id, "`unshare` is not on PATH", "install util-linux")
+        config = {
+            "root": str(self.directory / "merged"),
+            "workspace": str(workspace),
+            "run_dir": str(self.directory / "run"),
+            "network": network,
+            "cgroups": [str(g / "cgroup.procs") for g in self._cgroups],
+            "python": _sandbox_python(self.id, base),
+            "cmd": self._meta["cmd"],
+            "env": env,
+        }
+        args = [unshare, "--mount", "--pid", "--fork", "--propagation", "private"]
+        if not network:
+            args.append("--net")
+        init_log = self.directory / "run" / "init.log"
+        with open(init_log, "ab") as log:
+            self._popen = subprocess.Popen(
+                [*args, sys.executable, "-I", "-S", str(_INIT), json.dumps(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                close_fds=True,
+                start_new_session=True,
+                env=env,
+            )
+        ready = self.directory / "run" / "ready"
+        deadline = time.monotonic() + _READY_TIMEOUT
+        while not ready.exists():
+            code = self._popen.poll()
+            if code is not None or time.monotonic() > deadline:
+                what = "did not start in time" if code is None else f"ended with status {code}"
+                detail = init_log.read_text(errors="replace").strip()[-500:]
+                raise SandboxError(
+                    self.id, f"its init {what} before the command ran: {detail or 'no output'}",
+                    "check the command, base_root, and `torpor doctor`",
+                )  # fmt: skip
+            time.sleep(0.002)
+        children = Path(f"/proc/{self._popen.pid}/task/{self._popen.pid}/children").read_text()
+        self._pid = int(children.split()[0])
+        self._started = _host.start_time(self._pid)
+        self._save()
+
+    def _post_dump_script(self, target: Path) -> str:
+        """CRIU runs this after writing the images, while the tree is still frozen: the layer
+        copies then match the memory image exactly (a file's size included, which a restore
+        checks)."""
+        q = shlex.quote
+        copies = [
+            (self.directory / "upper", target / "upper"),
+            (self.workspace, target / "workspace"),
+            (self.directory / "run", target / "run"),
+        ]
+        cp = " && ".join(f"cp -a -- {q(str(src))} {q(str(dst))}" for src, dst in copies)
+        return (
+            "#!/bin/sh\n"
+            '[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0\n'
+            "t0=$(date +%s%N)\n"
+            f"{cp} || exit 1\n"
+            f"echo $(( $(date +%s%N) - t0 )) > {q(str(target / 'layers.ns'))}\n"
+        )
+
+
+def read_sandbox_meta(directory: Path) -> dict[str, Any] | None:
+    """The sandbox.json of a sandbox directory, or None if it has none (or a torn one)."""
+    try:
+        meta = json.loads((directory / "sandbox.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
+def _new_id() -> str:
+    return "sb-" + secrets.token_hex(6)
+
+
+def _default_directory(sandbox_id: str, settings: Settings) -> Path:
+    return settings.home / "sandboxes" / sandbox_id
+
+
+def _new_directory(
+    sandbox_id: str, directory: str | os.PathLike[str] | None, settings: Settings
+) -> Path:
+    path = Path(directory).absolute() if directory else _default_directory(sandbox_id, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        raise SandboxError(
+            sandbox_id, f"directory {path} already exists", "pass a new directory"
+        ) from None
+    return path
+
+
+def _sandbox_python(sandbox_id: str, base: Path) -> str:
+    for candidate in (
+        "/usr/bin/python3",
+        "/usr/local/bin/python3",
+        os.path.realpath(sys.executable),
+    ):
+        if os.access(base / candidate.lstrip("/"), os.X_OK):
+            return candidate
+    raise SandboxError(
+        sandbox_id, f"base root {base} has no python3 in /usr/bin or /usr/local/bin",
+        "the sandbox's init runs on Python: install python3 in the base root",
+    )  # fmt: skip
