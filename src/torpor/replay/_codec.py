@@ -25,6 +25,7 @@ __all__ = [
 ]
 
 _PLAIN = (str, int, float, bool, type(None))
+_PLAIN_TYPES = frozenset({str, int, float, bool, dict, list})
 
 
 class Unrecordable(Exception):
@@ -71,6 +72,8 @@ def from_json(value: Any, annotation: Any) -> Any:
     """Rebuild a recorded value as the annotated type (a dataclass, a model, list[...])."""
     if annotation is None or annotation is Any or value is None:
         return value
+    if annotation in _PLAIN_TYPES and type(value) is annotation:
+        return value  # the common case needs no validator (building one costs ~ms)
     try:
         return _adapter(annotation).validate_python(value)
     except TypeError:  # an annotation pydantic cannot use (e.g. a forward reference)

@@ -88,6 +88,9 @@ class Run:
         if ctx is not None and not in_step.get():
             return self._durable_result(timeout)
         end = None if timeout is None else time.monotonic() + timeout
+        if _executor is not None and (finished := _executor.finished(self.id)) is not None:
+            # Executing in this process: wake up when it ends rather than polling the store.
+            finished.wait(timeout)
         delay = 0.01
         while True:
             record = self.record()
@@ -191,11 +194,17 @@ def start(
     if ctx is not None and not in_step.get():
         return _start_child(wf, road, data, queue, priority)
     store = _the_store()
+    if detach:
+        run = store.create_run(
+            wf.name, road=road, input=data, queue=queue, priority=priority, source=wf.source
+        )
+        return Run(run.id, store)
+    executor = _the_executor()
     run = store.create_run(
-        wf.name, road=road, input=data, queue=queue, priority=priority, source=wf.source
-    )
-    if not detach:
-        _the_executor().claim(run_id=run.id)
+        wf.name, road=road, input=data, queue=queue, priority=priority, source=wf.source,
+        owner=executor.worker_id, lease_seconds=executor.lease_seconds,
+    )  # fmt: skip
+    executor.submit(run)
     return Run(run.id, store)
 
 

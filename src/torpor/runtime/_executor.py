@@ -7,8 +7,8 @@ import os
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from .._errors import FencedError, TorporError
 from .._model import Road, RunRecord
@@ -19,6 +19,9 @@ from ..store import Store
 __all__ = ["Executor", "new_worker_id"]
 
 log = logging.getLogger("torpor.worker")
+
+# Runs waiting in this process each hold a thread; beyond this many, new runs queue.
+_MAX_THREADS = 1024
 
 
 def new_worker_id() -> str:
@@ -47,7 +50,10 @@ class Executor:
         self.stopping = threading.Event()
         self._active: dict[str, RunRecord] = {}
         self._contexts: dict[str, WorkflowContext] = {}
-        self._threads: dict[str, threading.Thread] = {}
+        # Pooled threads: starting a thread per run costs a GIL hand-off per start.
+        self._pool = ThreadPoolExecutor(max_workers=_MAX_THREADS, thread_name_prefix="torpor-run")
+        self._futures: dict[str, Future[None]] = {}
+        self._finished: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._heartbeat = threading.Thread(
@@ -72,13 +78,15 @@ class Executor:
         if run.road is not Road.REPLAY:
             self._refuse_road(run)
             return
-        thread = threading.Thread(
-            target=self._execute, args=(run,), name=f"torpor-{run.id}", daemon=True
-        )
         with self._lock:
             self._active[run.id] = run
-            self._threads[run.id] = thread
-        thread.start()
+            self._finished[run.id] = threading.Event()
+            self._futures[run.id] = self._pool.submit(self._execute, run)
+
+    def finished(self, run_id: str) -> threading.Event | None:
+        """Set when this process stops executing the run (ended, parked or released)."""
+        with self._lock:
+            return self._finished.get(run_id)
 
     def _refuse_road(self, run: RunRecord) -> None:
         from .._model import RunStatus
@@ -114,7 +122,10 @@ class Executor:
             with self._lock:
                 self._active.pop(run.id, None)
                 self._contexts.pop(run.id, None)
-                self._threads.pop(run.id, None)
+                self._futures.pop(run.id, None)
+                finished = self._finished.pop(run.id, None)
+            if finished is not None:
+                finished.set()
 
     def _track(self, ctx: WorkflowContext) -> None:
         with self._lock:
@@ -148,11 +159,10 @@ class Executor:
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the runs in flight; True if they all left in time."""
         with self._lock:
-            threads = list(self._threads.values())
-        end = None if timeout is None else time.monotonic() + timeout
-        for thread in threads:
-            thread.join(None if end is None else max(0.0, end - time.monotonic()))
-        return all(not t.is_alive() for t in threads)
+            futures = list(self._futures.values())
+        _, pending = wait(futures, timeout)
+        return not pending
 
     def close(self) -> None:
         self._closed.set()
+        self._pool.shutdown(wait=False)

@@ -58,8 +58,14 @@ class Store(ABC):
         forked_from: str | None = None,
         run_id: str | None = None,
         source: dict[str, str] | None = None,
+        owner: str | None = None,
+        lease_seconds: float = 30.0,
     ) -> RunRecord:
-        """Record a new `queued` run and return it (``run_id`` chooses its id)."""
+        """Record a new `queued` run and return it (``run_id`` chooses its id).
+
+        With ``owner``, the run is created already claimed by that worker (``running``,
+        epoch 1, attempt 1) under a lease of ``lease_seconds``: one write instead of two.
+        """
 
     @abstractmethod
     def get_run(self, run_id: str) -> RunRecord:

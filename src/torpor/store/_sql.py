@@ -164,6 +164,8 @@ class SqlStore(Store):
         forked_from: str | None = None,
         run_id: str | None = None,
         source: dict[str, str] | None = None,
+        owner: str | None = None,
+        lease_seconds: float = 30.0,
     ) -> RunRecord:
         input_json = encode_json(input, f"input of workflow {workflow}")
         self._check_size(run_id or "(new run)", "input", input_json)
@@ -177,13 +179,15 @@ class SqlStore(Store):
                     continue  # a 65-bit collision: draw again
                 row = tx.execute(
                     "INSERT INTO torpor_runs (id, workflow, road, status, input, queue, "
-                    "priority, parent_id, forked_from, created_at, updated_at, source) "
-                    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_RUN_COLUMNS}",
+                    "priority, parent_id, forked_from, created_at, updated_at, source, "
+                    "lease_owner, lease_expires_at, epoch, attempt) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    f"RETURNING {_RUN_COLUMNS}",
                     (
                         rid,
                         workflow,
                         Road(road).value,
-                        RunStatus.QUEUED.value,
+                        (RunStatus.QUEUED if owner is None else RunStatus.RUNNING).value,
                         input_json,
                         queue,
                         priority,
@@ -192,6 +196,10 @@ class SqlStore(Store):
                         now,
                         now,
                         None if source is None else encode_json(source, "source"),
+                        owner,
+                        None if owner is None else now + lease_seconds,
+                        0 if owner is None else 1,
+                        0 if owner is None else 1,
                     ),
                 ).fetchone()
                 return _run_from_row(row)
