@@ -425,3 +425,14 @@ def test_argument_mismatch_is_a_warning_not_a_failure(store: Store) -> None:
     warnings = [e.payload for e in run.log() if e.kind == "warning"]
     assert [w["at"] for w in warnings] == [1, 3]
     assert "other arguments than recorded" in warnings[0]["message"]
+
+
+def test_argument_warning_is_logged_once_across_replays(store: Store) -> None:
+    record = store.create_run("golden.order", input={"args": ["lamp", 1299], "kwargs": {}})
+    for entry in GOLDEN["log"][:-1]:
+        store.append(record.id, entry["kind"], entry["payload"])
+    store.append(record.id, "warning", {"at": 1, "message": "said before"})
+    _the_executor().claim(run_id=record.id)
+    run = torpor.Run(record.id, store)
+    assert run.result(timeout=30) == GOLDEN["output"]
+    assert [e.payload["at"] for e in run.log() if e.kind == "warning"] == [1, 3]

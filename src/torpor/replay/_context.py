@@ -95,6 +95,7 @@ class WorkflowContext:
     position: int = 0
     cancel_requested: bool = False
     fenced: bool = False
+    warned: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -104,6 +105,8 @@ class WorkflowContext:
             pos = entry.payload.get("pos") if isinstance(entry.payload, dict) else None
             if isinstance(pos, int) and entry.kind in _DESCRIBE:
                 ctx.at.setdefault(pos, []).append(entry)
+            elif entry.kind == "warning" and isinstance(entry.payload.get("at"), int):
+                ctx.warned.add(entry.payload["at"])  # said once per position, not per replay
             elif entry.kind == "resumed" and isinstance(entry.payload.get("retry"), int):
                 # The step error that ended the run is forgotten: the step runs again.
                 retry = entry.payload["retry"]

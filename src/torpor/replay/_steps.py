@@ -68,11 +68,11 @@ class _Step:
         entry = ctx.recorded(pos, ("step",), self.opts.name)
         if entry is None:
             return False, None
-        if entry.payload.get("hash") != digest:
+        if entry.payload.get("hash") != digest and pos not in ctx.warned:
+            ctx.warned.add(pos)
             ctx.record(
                 "warning",
                 {
-                    "pos": None,
                     "at": pos,
                     "message": f"step `{self.opts.name}` at position {pos} was called with "
                     "other arguments than recorded; returning the recorded result",
