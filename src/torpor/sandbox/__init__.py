@@ -5,16 +5,21 @@ See docs/sandbox.md for how to use them, what they guarantee and what they cost.
 
 from __future__ import annotations
 
+from .._errors import CriuError, CriuNotFoundError, SandboxError
 from ._cleanup import Orphan, find_orphans, remove_orphans
 from ._criu import MIN_CRIU_VERSION, Criu, find_criu
-from ._sandbox import Checkpoint, Sandbox, SandboxState
+from ._records import Checkpoint
+from ._sandbox import Sandbox, SandboxState
 
 __all__ = [
     "MIN_CRIU_VERSION",
     "Checkpoint",
     "Criu",
+    "CriuError",
+    "CriuNotFoundError",
     "Orphan",
     "Sandbox",
+    "SandboxError",
     "SandboxState",
     "find_criu",
     "find_orphans",

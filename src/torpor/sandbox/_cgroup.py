@@ -1,7 +1,8 @@
 """Memory and process-count limits for a sandbox, on cgroup v2 or the v1 hierarchies.
 
 Each sandbox gets one cgroup per controller, nested under the cgroup of the process that
-creates it (so a container's own limits still apply above it), named ``torpor-<sandbox id>``.
+creates it (so a container's own limits still apply above it), named
+``torpor-<sandbox id>-<incarnation>``.
 """
 
 from __future__ import annotations
@@ -59,8 +60,13 @@ def available_controllers() -> list[str]:
     return found
 
 
-def create_cgroups(sandbox_id: str, memory_limit: int | None, pids_limit: int | None) -> list[Path]:
+def create_cgroups(
+    sandbox_id: str, incarnation: str, memory_limit: int | None, pids_limit: int | None
+) -> list[Path]:
     """Make the sandbox's cgroups with their limits; returns their directories.
+
+    ``incarnation`` tells apart a restored sandbox from its earlier life under the same id,
+    so that tearing down one never touches the other's groups.
 
     Raises:
         SandboxError: a limit was asked for that this machine cannot enforce.
@@ -81,7 +87,7 @@ def create_cgroups(sandbox_id: str, memory_limit: int | None, pids_limit: int | 
             parent = _parent_dir(controller)
             if _unified():
                 _enable_in_subtree(parent, controller)
-            group = parent / f"torpor-{sandbox_id}"
+            group = parent / f"torpor-{sandbox_id}-{incarnation}"
             group.mkdir(exist_ok=True)
             if group not in made:  # cgroup v2: one group holds both controllers
                 made.append(group)

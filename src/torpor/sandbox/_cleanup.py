@@ -14,7 +14,7 @@ from pathlib import Path
 from .._config import Settings
 from . import _host
 from ._cgroup import remove_cgroups
-from ._sandbox import read_sandbox_meta
+from ._records import read_sandbox_meta
 
 __all__ = ["Orphan", "find_orphans", "remove_orphans"]
 

@@ -6,9 +6,6 @@ A sandbox directory holds::
     upper/ work/ merged/ the overlay root: base root below, the sandbox's changes in upper/
     workspace/           /workspace inside (unless launched with a host workspace)
     run/                 /run/torpor inside: stdout.log, stderr.log, init.log, ready, exit
-
-A checkpoint directory holds ``images/`` (CRIU's), copies of ``upper/``, ``workspace/`` and
-``run/`` taken while the tree was frozen, ``dump.log`` and ``checkpoint.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,8 +30,9 @@ from .._errors import SandboxError
 from . import _host
 from ._cgroup import create_cgroups, remove_cgroups, restore_args, set_pids_limit
 from ._criu import Criu, find_criu
+from ._records import Checkpoint, read_sandbox_meta, write_json
 
-__all__ = ["Checkpoint", "Sandbox", "SandboxState", "read_sandbox_meta"]
+__all__ = ["Sandbox", "SandboxState"]
 
 _INIT = Path(__file__).with_name("_init.py")
 _READY_TIMEOUT = 30.0
@@ -60,58 +57,6 @@ class SandboxState(enum.StrEnum):
     REMOVED = "removed"  # torn down: its directory is gone
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """A sandbox frozen at one moment: CRIU images plus its root and workspace layers.
-
-    Times are seconds: ``dump_seconds`` is CRIU's dump including ``layers_seconds``, the copy
-    of the layers made while the tree was frozen; ``total_seconds`` is the whole call. Sizes
-    are raw bytes, before any compression or deduplication.
-    """
-
-    directory: Path
-    sandbox_id: str
-    created_at: float
-    cmd: list[str]
-    base_root: str
-    network: bool
-    memory_limit: int | None
-    pids_limit: int | None
-    leave_running: bool
-    dump_seconds: float
-    layers_seconds: float
-    total_seconds: float
-    image_bytes: int
-    layer_bytes: int
-
-    @property
-    def images(self) -> Path:
-        return self.directory / "images"
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> Checkpoint:
-        """Read a checkpoint back from its directory.
-
-        Raises:
-            SandboxError: the directory holds no complete checkpoint.
-        """
-        path = Path(directory).absolute()
-        try:
-            fields = json.loads((path / "checkpoint.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise SandboxError(
-                "?",
-                f"{path} holds no readable checkpoint ({exc})",
-                "pass the directory that Sandbox.checkpoint() wrote",
-            ) from None
-        return cls(directory=path, **fields)
-
-    def _save(self) -> None:
-        fields = asdict(self)
-        del fields["directory"]
-        _write_json(self.directory / "checkpoint.json", fields)
-
-
 class Sandbox:
     """A running (or finished) sandbox; build one with `launch`, `restore` or `fork`.
 
@@ -123,7 +68,7 @@ class Sandbox:
         self.directory = directory
         self.timings: dict[str, float] = {}
         self._settings = settings
-        self._incarnation = secrets.token_hex(8)
+        self._incarnation = secrets.token_hex(4)
         self._meta: dict[str, Any] = {}
         self._pid: int | None = None
         self._started: int | None = None
@@ -192,8 +137,10 @@ class Sandbox:
                 ws.mkdir()
             (box.directory / "upper").mkdir()
             (box.directory / "run").mkdir()
+            for output in (box.stdout_path, box.stderr_path):
+                output.touch()  # readable from the start; the command appends
             box._mount_root(base)
-            box._cgroups = create_cgroups(sandbox_id, memory_limit, pids_limit)
+            box._cgroups = create_cgroups(sandbox_id, box._incarnation, memory_limit, pids_limit)
             box._save()
             box._start(base, ws, network, {**_BASE_ENV, **(env or {})})
         except BaseException:
@@ -221,10 +168,12 @@ class Sandbox:
         """
         settings = settings or Settings.from_env()
         target = (
-            Path(directory) if directory else _default_directory(checkpoint.sandbox_id, settings)
+            Path(directory).absolute()
+            if directory
+            else _default_directory(checkpoint.sandbox_id, settings)
         )
-        meta = read_sandbox_meta(target)
-        if meta is not None:
+        if target.exists():  # an earlier life of this sandbox: replaced, unless it still runs
+            meta = read_sandbox_meta(target) or {}
             if _host.alive(meta.get("pid"), meta.get("pid_start")):
                 raise SandboxError(
                     checkpoint.sandbox_id,
@@ -285,7 +234,7 @@ class Sandbox:
                 directory / "ws-work",
             )
             box._cgroups = create_cgroups(
-                sandbox_id, checkpoint.memory_limit, checkpoint.pids_limit
+                sandbox_id, box._incarnation, checkpoint.memory_limit, checkpoint.pids_limit
             )
             box._save()
             _host.become_subreaper()
@@ -508,7 +457,7 @@ class Sandbox:
         return find_criu(self._settings)
 
     def _save(self) -> None:
-        _write_json(
+        write_json(
             self.directory / "sandbox.json",
             {
                 **self._meta,
@@ -605,21 +554,6 @@ class Sandbox:
             f"{cp} || exit 1\n"
             f"echo $(( $(date +%s%N) - t0 )) > {q(str(target / 'layers.ns'))}\n"
         )
-
-
-def read_sandbox_meta(directory: Path) -> dict[str, Any] | None:
-    """The sandbox.json of a sandbox directory, or None if it has none (or a torn one)."""
-    try:
-        meta = json.loads((directory / "sandbox.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
 
 
 def _new_id() -> str:

@@ -1,0 +1,92 @@
+"""Fixtures for tests that need a working CRIU, and a guard that sandboxes leave nothing behind.
+
+Without CRIU such tests skip with the reason, except under TORPOR_REQUIRE_CRIU=1 (CI), where
+they fail: a CI run that silently skipped the snapshot road would prove nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from torpor import Settings, TorporError
+from torpor.sandbox import Criu, find_criu
+
+
+def _criu_or_reason() -> Criu | str:
+    if os.geteuid() != 0:
+        return "CRIU needs root; run the tests as root"
+    try:
+        return find_criu(Settings.from_env())
+    except TorporError as exc:
+        return exc.message
+
+
+@pytest.fixture(scope="session")
+def criu() -> Iterator[Criu]:
+    """The CRIU under test, exported as TORPOR_CRIU so that temporary TORPOR_HOMEs find it."""
+    found = _criu_or_reason()
+    if isinstance(found, str):
+        if os.environ.get("TORPOR_REQUIRE_CRIU") == "1":
+            pytest.fail(f"TORPOR_REQUIRE_CRIU=1 but CRIU is unavailable: {found}")
+        pytest.skip(f"CRIU unavailable: {found}")
+    saved = os.environ.get("TORPOR_CRIU")
+    os.environ["TORPOR_CRIU"] = found.path
+    try:
+        yield found
+    finally:
+        if saved is None:
+            os.environ.pop("TORPOR_CRIU", None)
+        else:
+            os.environ["TORPOR_CRIU"] = saved
+
+
+def _nested_pid_namespace_pids() -> set[int]:
+    """Processes living in a pid namespace below ours: sandboxed trees."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("NSpid:") and len(line.split()) > 2:
+                found.add(int(entry))
+    return found
+
+
+def _mounts_under(directory: Path) -> list[str]:
+    prefix = str(directory)
+    return [
+        line.split()[4]
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split()[4].startswith(prefix)
+    ]
+
+
+@pytest.fixture
+def settings(criu: Criu, tmp_path: Path) -> Iterator[Settings]:
+    """Settings whose TORPOR_HOME is a fresh directory; after the test, nothing the test's
+    sandboxes made may still be mounted or running."""
+    before = _nested_pid_namespace_pids()
+    home = tmp_path / "home"
+    base = Settings.from_env()
+    yield Settings(home=home, database_url=f"sqlite://{home / 'torpor.db'}", blob_url=base.blob_url)
+    wait_for(lambda: not (_nested_pid_namespace_pids() - before), timeout=5)
+    assert not (_nested_pid_namespace_pids() - before), "sandboxed processes left running"
+    assert not _mounts_under(tmp_path), f"left mounted: {_mounts_under(tmp_path)}"
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return bool(condition())
