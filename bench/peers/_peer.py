@@ -1,0 +1,114 @@
+"""Shared by the peer scripts: arguments, timing summaries and the one-JSON-object output.
+
+The peers run in their own virtualenv (.bench-venv), so this imports nothing from torpor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def make_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every peer takes; a script adds its own before parsing."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--url", help="PostgreSQL URL (backend postgres); ignored for sqlite")
+    parser.add_argument("--steps", type=int, default=1000, help="steps in the one long workflow")
+    parser.add_argument("--workflows", type=int, default=1000, help="two-step workflows in a row")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--dir", help="where SQLite files go (default: a new temporary directory, removed after)"
+    )
+    # Both default to the setting torpor is compared at: WAL, and an fsync per commit.
+    parser.add_argument("--journal-mode", default="wal", help="SQLite journal_mode")
+    parser.add_argument("--synchronous", default="full", help="SQLite synchronous")
+    return parser
+
+
+@dataclass
+class Result:
+    """The one JSON object a peer script prints; lists hold one value per repetition."""
+
+    peer: str
+    variant: str
+    backend: str
+    steps: int
+    workflows: int
+    repeat: int
+    version: dict[str, str] = field(default_factory=dict)
+    durability: str = ""
+    workflow_seconds: list[float] = field(default_factory=list)
+    empty_workflow_seconds: list[float] = field(default_factory=list)
+    per_step_us: list[float] = field(default_factory=list)
+    steps_per_second: list[float] = field(default_factory=list)
+    workflows_seconds: list[float] = field(default_factory=list)
+    workflows_per_second: list[float] = field(default_factory=list)
+    median: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    def add_long(self, seconds: float, empty_seconds: float) -> None:
+        self.workflow_seconds.append(seconds)
+        self.empty_workflow_seconds.append(empty_seconds)
+        self.per_step_us.append((seconds - empty_seconds) / self.steps * 1e6)
+        self.steps_per_second.append(self.steps / seconds)
+
+    def add_many(self, seconds: float) -> None:
+        self.workflows_seconds.append(seconds)
+        self.workflows_per_second.append(self.workflows / seconds)
+
+    def finish(self) -> None:
+        for name in ("per_step_us", "steps_per_second", "workflows_per_second"):
+            values: list[float] = getattr(self, name)
+            if values:
+                self.median[name] = statistics.median(values)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median_time(fn: Callable[[], object], times: int) -> float:
+    """Median of several runs: an empty workflow takes milliseconds, so one run is noise."""
+    return statistics.median(timed(fn) for _ in range(times))
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[TextIO]:
+    """Keep stdout for the JSON object alone, whatever the peer library prints; yields it."""
+    real = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        yield real
+
+
+def emit(result: Result, out: TextIO) -> int:
+    """Print the object; the exit status is 1 for an error row, which is still printed."""
+    result.finish()
+    out.write(json.dumps(asdict(result)) + "\n")
+    out.flush()
+    return 0 if result.error is None else 1
+
+
+def run(result: Result, body: Callable[[Result], Any]) -> int:
+    """Run the measurements; any failure becomes the row's error rather than a lost row."""
+    with stdout_to_stderr() as out:
+        try:
+            body(result)
+        except BaseException as exc:  # an error row is the contract, even on Ctrl-C
+            traceback.print_exc(file=sys.stderr)
+            result.error = f"{type(exc).__name__}: {exc}".strip()
+        return emit(result, out)
