@@ -83,7 +83,11 @@ class PostgresStore(SqlStore):
         with self._pool.connection() as conn, conn.transaction():
             yield _PgTx(conn)
 
-    _read = _write
+    @contextmanager
+    def _read(self) -> Iterator[Tx]:
+        # Autocommit: each read is one round trip, without BEGIN and COMMIT around it.
+        with self._pool.connection() as conn:
+            yield _PgTx(conn)
 
     def append_owned(
         self,
