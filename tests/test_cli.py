@@ -163,10 +163,24 @@ def test_commands_not_in_this_version_say_so(cli: Cli) -> None:
     _one_line_error(cli("snapshots", "r-x", "--json"), "not available in this version")
 
 
-def test_demo_preview_runs(cli: Cli) -> None:
-    result = cli("demo")
-    assert result.code == 0, result.err
-    assert "tool_call" in result.out and "completed" in cli("ps", "--all").out
+def test_demo_crashes_and_resumes_an_agent_on_the_embedded_defaults(tmp_path: Path) -> None:
+    env = torpor_env("unused", tmp_path / "home")
+    del env["TORPOR_DATABASE_URL"]  # the embedded default: SQLite under TORPOR_HOME
+    result = Cli(env)("demo", timeout=120)
+    assert result.code == 0, result.out + result.err
+    out = result.out
+    assert "SIGKILLed the worker" in out and "took the run over" in out
+    assert "final answer: Done: app.py and its test pass" in out
+    summary = {
+        line.split("  ")[0]: line.split()[-2:]
+        for line in out.splitlines()
+        if line.startswith(("turns", "model calls paid"))
+    }
+    # Six turns recorded and six model calls paid for: nothing was asked twice.
+    assert summary["turns (model calls recorded)"][0] == "6"
+    assert summary["model calls paid for"][0] == "6"
+    assert "snapshot road: skipped" in out
+    assert (tmp_path / "home" / "torpor.db").exists()
 
 
 WORKFLOWS = Path(__file__).parent / "workflows"

@@ -3,6 +3,9 @@
 import torpor
 
 EXPECTED = {
+    "Agent",
+    "AgentMaxTurnsError",
+    "tool",
     "ConfigError",
     "ContextLog",
     "Event",

@@ -26,6 +26,7 @@ from ._errors import (
     WorkflowNotFoundError,
 )
 from ._model import Event, LogEntry, Road, RunRecord, RunStatus, SnapshotRecord, Timer
+from .agent import Agent, AgentMaxTurnsError, tool
 from .log import ContextLog
 from .replay import (
     RecordedError,
@@ -44,6 +45,8 @@ from .runtime import Run, Worker, cancel, configure, fork, resume, send, start
 from .store import Store, open_store
 
 __all__ = [
+    "Agent",
+    "AgentMaxTurnsError",
     "ConfigError",
     "ContextLog",
     "Event",
@@ -87,6 +90,7 @@ __all__ = [
     "sleep",
     "start",
     "step",
+    "tool",
     "uuid4",
     "wait_for_event",
     "workflow",

@@ -215,7 +215,7 @@ for _command in (_runs.run, _runs.worker, _runs.fork, _runs.resume):
 
 @main.command()
 def demo() -> None:
-    """The offline demonstration of a durable agent (a preview until the agent lands)."""
+    """The offline demonstration: a durable coding agent crashed with SIGKILL and resumed."""
     from ._demo import run_demo
 
     run_demo(_open, click.echo)

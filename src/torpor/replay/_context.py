@@ -58,6 +58,9 @@ step_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("torpor_st
 # (or the clock) resolves.
 _DESCRIBE: dict[str, Callable[[dict[str, Any]], str]] = {
     "step": lambda p: str(p.get("name")),
+    "model_call": lambda p: str(p.get("name")),
+    "tool_result": lambda p: str(p.get("name")),
+    "user": lambda p: str(p.get("name")),
     "value": lambda p: f"torpor.{p.get('name')}()",
     "patch": lambda p: f"torpor.patched({p.get('change')!r})",
     "wait": lambda p: f"torpor.wait_for_event({p.get('name')!r})",

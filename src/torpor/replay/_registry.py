@@ -45,7 +45,10 @@ def source_of(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
             return module_name, {"module": module_name}
         path = str(Path(file).resolve())
         return Path(path).stem, {"file": path}
-    return module_name, {"module": module_name}
+    if file is None:
+        return module_name, {"module": module_name}
+    # The file too: a worker whose sys.path lacks the module's folder can still load it.
+    return module_name, {"module": module_name, "file": str(Path(file).resolve())}
 
 
 def register_workflow(fn: Callable[..., Any], name: str | None) -> WorkflowDef:
@@ -64,12 +67,21 @@ def register_workflow(fn: Callable[..., Any], name: str | None) -> WorkflowDef:
 def load_source(source: dict[str, str]) -> None:
     """Import the module or file a workflow was registered from."""
     if "module" in source:
-        importlib.import_module(source["module"])
+        try:
+            importlib.import_module(source["module"])
+            return
+        except ModuleNotFoundError:
+            if "file" not in source:
+                raise
+        _load_file(Path(source["file"]), source["module"], script=False)
         return
-    path = Path(source["file"])
+    _load_file(Path(source["file"]), Path(source["file"]).stem, script=True)
+
+
+def _load_file(path: Path, name: str, *, script: bool) -> None:
+    """Execute ``path`` as the module ``name`` (once); a ``script`` is named by its file."""
     if not path.is_file():
         raise TorporError(f"{path} does not exist")
-    name = path.stem
     loaded = sys.modules.get(name)
     if loaded is not None and getattr(loaded, "__file__", None) == str(path):
         return
@@ -77,7 +89,7 @@ def load_source(source: dict[str, str]) -> None:
     if spec is None or spec.loader is None:
         raise TorporError(f"{path} is not a Python file")
     module = importlib.util.module_from_spec(spec)
-    module.__torpor_file__ = True  # type: ignore[attr-defined]
+    module.__torpor_file__ = script  # type: ignore[attr-defined]
     # The file's own folder first, so it imports its neighbours as when run as a script.
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))

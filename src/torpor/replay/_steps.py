@@ -19,7 +19,7 @@ from ._codec import Unrecordable, args_hash, decode_error, encode_error, from_js
 from ._context import WorkflowContext, current, in_step, step_key
 from ._registry import WorkflowDef, register_workflow
 
-__all__ = ["StepOptions", "step", "workflow"]
+__all__ = ["Step", "StepOptions", "step", "workflow"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,6 +33,9 @@ class StepOptions:
     max_backoff: float
     timeout: float | None
     non_retryable: tuple[type[BaseException], ...]
+    # The log entry kind of the recorded result: "step", or what the agent records its model
+    # calls and tool calls as, so the context log reads as a conversation.
+    kind: str = "step"
 
     def delay(self, attempt: int) -> float:
         """Exponential backoff with full jitter: up to backoff·2^(attempt-1), capped."""
@@ -50,7 +53,7 @@ def _return_annotation(fn: Callable[..., Any]) -> Any:
         return None
 
 
-class _Step:
+class Step:
     """What a step call does inside a workflow; shared by the sync and async wrappers."""
 
     def __init__(self, fn: Callable[..., Any], opts: StepOptions) -> None:
@@ -65,7 +68,7 @@ class _Step:
         return self._annotation
 
     def replayed(self, ctx: WorkflowContext, pos: int, digest: str) -> tuple[bool, Any]:
-        entry = ctx.recorded(pos, ("step",), self.opts.name)
+        entry = ctx.recorded(pos, (self.opts.kind,), self.opts.name)
         if entry is None:
             return False, None
         if entry.payload.get("hash") != digest and pos not in ctx.warned:
@@ -91,7 +94,7 @@ class _Step:
         payload["result"] = value
         if attempt > 1:
             payload["attempt"] = attempt
-        ctx.record("step", payload)
+        ctx.record(self.opts.kind, payload)
         return result
 
     def failed(
@@ -110,7 +113,7 @@ class _Step:
         payload = {"pos": pos, "name": self.opts.name, "hash": digest, "error": error}
         if attempt > 1:
             payload["attempt"] = attempt
-        ctx.record("step", payload)
+        ctx.record(self.opts.kind, payload)
         return None
 
     def call_sync(self, ctx: WorkflowContext, args: Any, kwargs: Any) -> Any:
@@ -230,7 +233,7 @@ def step(
             timeout=timeout,
             non_retryable=tuple(non_retryable),
         )
-        impl = _Step(fn, opts)
+        impl = Step(fn, opts)
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)

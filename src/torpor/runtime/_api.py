@@ -183,6 +183,10 @@ def start(
     only enqueues it for `torpor worker` processes. Inside a workflow, starts a child run
     (recorded: a replay gets the same child back).
     """
+    # Objects whose methods start as a generic workflow (an Agent's `run`) say how.
+    owner_hook = getattr(getattr(fn, "__self__", None), "__torpor_start__", None)
+    if callable(owner_hook):
+        fn, args = owner_hook(args)
     wf = _as_workflow(fn)
     road = Road(road)
     if road is not Road.REPLAY:
