@@ -33,6 +33,11 @@ threading.Thread(target=lambda: time.sleep(100000), daemon=True).start()
 print("ready", flush=True)
 time.sleep(100000)
 """
+# The options torpor gives CRIU that have nothing to do with the sandbox (which adds --root,
+# --external, --action-script and cgroup options): the bare runs use them too, so that the
+# ratio is what the sandbox costs, not a difference in logging or socket handling.
+_SAME_OPTIONS = ["--tcp-close", "--file-locks", "--network-lock", "skip", "-v4"]
+
 HOLDER = """
 import os, sys, time
 data = os.urandom(int(sys.argv[1]) << 20)
@@ -107,14 +112,16 @@ def _sandbox_round(size: str, scratch: Path, settings: Settings) -> dict[str, fl
         shutil.rmtree(scratch / "ck", ignore_errors=True)
 
 
-def _fork_round(scratch: Path, settings: Settings) -> float:
+def _fork_round(scratch: Path, settings: Settings) -> tuple[float, float]:
+    """(checkpoint with leave_running, fork from it) in seconds."""
     box = Sandbox.launch(_program("small"), settings=settings)
     forked = None
     try:
         _wait_ready(box.stdout_path)
+        os.sync()
         checkpoint = box.checkpoint(scratch / "ck", leave_running=True)
         forked = Sandbox.fork(checkpoint, settings=settings)
-        return forked.timings["restore"]
+        return checkpoint.total_seconds, forked.timings["restore"]
     finally:
         for b in (forked, box):
             if b is not None:
@@ -139,7 +146,7 @@ def _bare_round(size: str, scratch: Path, criu: str) -> dict[str, float]:
         os.sync()
         started = time.perf_counter()
         subprocess.run(
-            [criu, "dump", "-t", str(proc.pid), "-D", str(images), "--tcp-close",
+            [criu, "dump", "-t", str(proc.pid), "-D", str(images), *_SAME_OPTIONS,
              "-o", "dump.log"], check=True, capture_output=True,
         )  # fmt: skip
         dump = time.perf_counter() - started
@@ -147,7 +154,7 @@ def _bare_round(size: str, scratch: Path, criu: str) -> dict[str, float]:
         _reap_all_children()
         started = time.perf_counter()
         subprocess.run(
-            [criu, "restore", "-D", str(images), "-d", "--tcp-close", "-o", "restore.log",
+            [criu, "restore", "-D", str(images), "-d", *_SAME_OPTIONS, "-o", "restore.log",
              "--pidfile", str(scratch / "bare.pid")], check=False, capture_output=True,
         )  # fmt: skip
         if not (scratch / "bare.pid").exists():
@@ -196,6 +203,7 @@ def main() -> None:
     criu = find_criu(settings)
     become_subreaper()  # restored trees (bare and sandboxed) become our children
     scratch = Path(tempfile.mkdtemp(prefix="bench-", dir=settings.home))
+    load_before = os.getloadavg()[0]
     rows = []
     launches: list[float] = []
     try:
@@ -226,22 +234,29 @@ def main() -> None:
                 f"| {_fmt(rs)} | {_fmt(brs)} "
                 f"| {median_spread(rs)[0] / median_spread(brs)[0]:.2f}x |"
             )
-        forks = []
+        forks, running = [], []
         for i in range(args.repeat):
             progress(f"fork: round {i + 1}/{args.repeat}")
-            forks.append(_fork_round(scratch, settings))
+            ck_seconds, fork_seconds = _fork_round(scratch, settings)
+            running.append(ck_seconds)
+            forks.append(fork_seconds)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+    load = f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"
     table = "\n".join(
         [
             "## Sandbox checkpoint and restore (`bench/sandbox_cr.py`)",
             "",
             f"{machine()}; CRIU {criu.version}; {args.repeat} rounds each; times in ms, "
             "median (min-max). *torpor* is `Sandbox.checkpoint()` / `Sandbox.restore()` "
-            "end to end (namespaces, overlay root, layer copies, the sandbox's init); *bare* "
-            "is plain `criu dump` / `criu restore` of the same program run as an ordinary "
-            "process. Images are raw (uncompressed) CRIU images.",
+            "end to end (inspection of the tree, namespaces, overlay root, the layers moved "
+            "into the checkpoint and copied back out, the sandbox's init); *bare* is plain "
+            "`criu dump` / `criu restore` of the same program run as an ordinary process, "
+            f"with the options torpor passes that are not about the sandbox "
+            f"(`{' '.join(_SAME_OPTIONS)}`). Images are raw (uncompressed) CRIU images. "
+            f"Load average at start / end: {load} (other work on the machine shows in the "
+            "spreads, most in the small agent's tens of milliseconds).",
             "",
             "| workload | RSS MB | torpor image MB | bare image MB | torpor checkpoint "
             "| bare dump | ratio | torpor restore | bare restore | ratio |",
@@ -250,7 +265,8 @@ def main() -> None:
             "",
             f"Launching a sandbox: {_fmt(launches)} ms. Forking the small agent from a "
             f"checkpoint of a running sandbox (copy its upper layer, mount, CRIU restore): "
-            f"{_fmt(forks)} ms.",
+            f"{_fmt(forks)} ms. Checkpointing the small agent with `leave_running=True` "
+            f"(layers copied by CRIU's post-dump hook while frozen): {_fmt(running)} ms.",
         ]
     )
     print(table)

@@ -6,6 +6,7 @@ Every test here is marked `criu`; see tests/_criu_fixtures.py for when they skip
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -18,9 +19,18 @@ from pathlib import Path
 import pytest
 
 import _criu_fixtures
+import torpor.sandbox._sandbox
 from _criu_fixtures import wait_for
 from torpor import Settings
-from torpor.sandbox import Checkpoint, CriuError, Sandbox, SandboxError, SandboxState
+from torpor.sandbox import (
+    Checkpoint,
+    CheckpointBlockedError,
+    CriuError,
+    CriuNotFoundError,
+    Sandbox,
+    SandboxError,
+    SandboxState,
+)
 
 pytestmark = pytest.mark.criu
 
@@ -29,8 +39,10 @@ criu = _criu_fixtures.criu
 settings = _criu_fixtures.settings
 
 # A small agent: a counter in memory, a child process on a pipe, a thread, an open file in
-# the workspace. Every tick it prints "n child-alive thread-ticks" and appends to a workspace
-# file; it exits 7 when /workspace/stop appears.
+# the workspace. Every tick it prints "n child-alive thread-ticks name", writes "n name" to
+# the workspace file (opened for writing, not appending: each line lands at the file offset
+# held in the process) and the name to /etc/agent-name (the root layer); it exits 7 when
+# /workspace/stop appears.
 AGENT = textwrap.dedent(
     """
     import os, subprocess, sys, threading, time
@@ -41,7 +53,7 @@ AGENT = textwrap.dedent(
             ticks[0] += 1
             time.sleep(0.01)
     threading.Thread(target=tick, daemon=True).start()
-    log = open("/workspace/ticks.txt", "a")
+    log = open("/workspace/ticks.txt", "w")
     n = 0
     while not os.path.exists("/workspace/stop"):
         n += 1
@@ -50,6 +62,9 @@ AGENT = textwrap.dedent(
         name = open("/workspace/name").read() if os.path.exists("/workspace/name") else "-"
         print(n, echoed == n, ticks[0] > 0, name, flush=True)
         log.write("%d %s\\n" % (n, name)); log.flush()
+        with open("/etc/agent-name.tmp", "w") as f:
+            f.write(name)
+        os.replace("/etc/agent-name.tmp", "/etc/agent-name")  # never seen half-written
         time.sleep(0.02)
     sys.exit(7)
     """
@@ -60,40 +75,75 @@ def _numbers(path: Path) -> list[int]:
     return [int(line.split()[0]) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _commands_in(box: Sandbox) -> list[str]:
+    """The command names of the processes in a running sandbox's tree, init included."""
+    assert box.pid is not None
+    todo, names = [box.pid], []
+    while todo:
+        pid = todo.pop()
+        with contextlib.suppress(OSError):
+            names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return names
+
+
 def _lines(box: Sandbox) -> int:
     return len(box.stdout_path.read_text().splitlines()) if box.stdout_path.exists() else 0
 
 
 def test_launch_isolates_the_command(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORPOR_TEST_SECRET", "must-not-leak")
+    token = os.urandom(4).hex()
+    host_files = [Path(f"/etc/torpor-test-{token}"), Path(f"/usr/torpor-test-{token}"),
+                  Path(f"/tmp/torpor-test-{token}")]  # fmt: skip
+    new_files = [Path(f"/etc/torpor-new-{token}"), Path(f"/usr/bin/torpor-new-{token}")]
     probe = textwrap.dedent(
         """
         import os, json, sys
-        open("/etc/torpor-sandbox-probe", "w").write("x")
+        etc, usr, tmp, *new = sys.argv[1:]
+        open(etc, "w").write("sandbox")  # change a host file...
+        os.remove(usr)  # ...delete one...
+        for path in new:  # ...and create new ones, in /etc and /usr
+            open(path, "w").write("sandbox")
         open("/workspace/out.txt", "w").write("hello")
         print(json.dumps({
             "pid": os.getpid(), "cwd": os.getcwd(), "dev": sorted(os.listdir("/dev")),
             "secret": os.environ.get("TORPOR_TEST_SECRET"), "extra": os.environ.get("EXTRA"),
-            "tmp": os.listdir("/tmp"),
+            "tmp": os.listdir("/tmp"), "host_tmp_file": os.path.exists(tmp),
+            "procs": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         }))
         print("to stderr", file=sys.stderr)
         sys.exit(3)
         """
     )
-    with Sandbox.launch(["python3", "-c", probe], env={"EXTRA": "1"}, settings=settings) as box:
-        assert box.wait(timeout=30) == 3
-        assert box.state is SandboxState.EXITED and box.pid is None
-        seen = __import__("json").loads(box.stdout_path.read_text())
-        assert seen["pid"] == 2  # pid 1 is the sandbox's init
-        assert seen["cwd"] == "/workspace"
-        assert {"null", "zero", "urandom"} <= set(seen["dev"]) and "sda" not in seen["dev"]
-        assert seen["secret"] is None and seen["extra"] == "1"
-        assert seen["tmp"] == []  # a private /tmp, not the host's
-        assert box.stderr_path.read_text().strip() == "to stderr"
-        assert (box.workspace / "out.txt").read_text() == "hello"
-        assert (box.directory / "upper" / "etc" / "torpor-sandbox-probe").exists()
-        assert not Path("/etc/torpor-sandbox-probe").exists()  # the host's root is untouched
-    assert not box.directory.exists()
+    cmd = ["python3", "-c", probe, *map(str, host_files + new_files)]
+    try:
+        for path in host_files:
+            path.write_text("host")
+        with Sandbox.launch(cmd, env={"EXTRA": "1"}, settings=settings) as box:
+            assert box.wait(timeout=30) == 3
+            assert box.state is SandboxState.EXITED and box.pid is None
+            seen = json.loads(box.stdout_path.read_text())
+            assert seen["pid"] == 2  # pid 1 is the sandbox's init
+            # /proc shows the sandbox's own pid namespace: its init and the command, no more.
+            assert seen["procs"] == [1, 2]
+            assert seen["cwd"] == "/workspace"
+            assert {"null", "zero", "urandom"} <= set(seen["dev"]) and "vda" not in seen["dev"]
+            assert seen["secret"] is None and seen["extra"] == "1"
+            assert seen["tmp"] == [] and not seen["host_tmp_file"]  # a private /tmp
+            assert box.stderr_path.read_text().strip() == "to stderr"
+            assert (box.workspace / "out.txt").read_text() == "hello"
+            upper = box.directory / "upper"
+            assert (upper / f"etc/torpor-test-{token}").read_text() == "sandbox"
+            assert (upper / f"usr/bin/torpor-new-{token}").read_text() == "sandbox"
+            # The host's files are untouched: same content, none deleted, none created.
+            assert [p.read_text() for p in host_files] == ["host"] * 3
+            assert not any(p.exists() for p in new_files)
+        assert not box.directory.exists()
+    finally:
+        for path in host_files + new_files:
+            path.unlink(missing_ok=True)
 
 
 def test_exit_by_signal_and_missing_command(settings: Settings) -> None:
@@ -130,8 +180,15 @@ def test_checkpoint_and_restore_resume_memory_children_and_files(
             assert numbers == list(range(1, len(numbers) + 1))
             assert all(line.split()[1:3] == ["True", "True"] for line in
                        restored.stdout_path.read_text().splitlines())  # fmt: skip
-            assert _numbers(restored.workspace / "ticks.txt") == numbers[: len(
-                _numbers(restored.workspace / "ticks.txt"))]  # fmt: skip
+            # The open file went on growing from its offset at the dump: every line once, in
+            # order, no hole (NUL bytes) and no overwrite, the dumped part unchanged.
+            frozen = (checkpoint.directory / "workspace" / "ticks.txt").read_bytes()
+            grown = (restored.workspace / "ticks.txt").read_bytes()
+            count = grown.count(b"\n")
+            assert count > frozen.count(b"\n") >= at_dump - 1 and grown.startswith(frozen)
+            assert grown == b"".join(b"%d -\n" % i for i in range(1, count + 1))
+            # The child came back too: it is in the restored tree and still echoes (above).
+            assert "cat" in _commands_in(restored)
             (restored.workspace / "stop").write_text("")
             assert restored.wait(timeout=30) == 7  # its exit status reaches the restorer
             assert restored.state is SandboxState.EXITED
@@ -166,12 +223,46 @@ def test_fork_gives_independent_copies(settings: Settings, tmp_path: Path) -> No
         assert "first" not in (second.workspace / "ticks.txt").read_text()
         assert "first" not in (original.workspace / "ticks.txt").read_text()
         assert (checkpoint.directory / "workspace" / "ticks.txt").read_text() == frozen_log
+        # The root layer too: each fork wrote its name to /etc/agent-name in its own upper
+        # layer; the original's upper layer and the checkpoint's copy never saw them.
+        for box, name in [(first, "first"), (second, "second"), (original, "-")]:
+            assert (box.directory / "upper" / "etc" / "agent-name").read_text() == name
+        assert (checkpoint.directory / "upper" / "etc" / "agent-name").read_text() == "-"
+        assert not Path("/etc/agent-name").exists()
         # Each fork resumed from the checkpoint's memory, not from scratch.
         assert _numbers(first.stdout_path)[0] == 1
         assert _numbers(first.stdout_path)[-1] > len(frozen_log.splitlines())
     finally:
         for box in boxes:
             box.teardown()
+
+
+def test_leave_running_keeps_the_original_beside_its_restored_copy(
+    settings: Settings, tmp_path: Path
+) -> None:
+    original = Sandbox.launch(["python3", "-c", AGENT], settings=settings)
+    try:
+        assert wait_for(lambda: _lines(original) >= 3)
+        checkpoint = original.checkpoint(tmp_path / "ck", leave_running=True)
+        at_dump = _numbers(checkpoint.directory / "run" / "stdout.log")[-1]
+        copy = Sandbox.fork(checkpoint, settings=settings)
+        try:
+            # Both run at the same time: each counts on from the dump, on its own.
+            seen = {b.id: _numbers(b.stdout_path)[-1] for b in (original, copy)}
+            assert wait_for(lambda: all(_numbers(b.stdout_path)[-1] >= seen[b.id] + 5
+                                        for b in (original, copy)))  # fmt: skip
+            assert original.state is SandboxState.RUNNING and copy.state is SandboxState.RUNNING
+            for box in (original, copy):
+                numbers = _numbers(box.stdout_path)
+                assert numbers == list(range(1, len(numbers) + 1)) and numbers[-1] > at_dump
+            assert {p: _commands_in(b).count("cat") for p, b in (("o", original), ("c", copy))} == {
+                "o": 1, "c": 1}  # fmt: skip
+            assert original.pid != copy.pid
+        finally:
+            copy.teardown()
+        assert original.state is SandboxState.RUNNING  # tearing down the copy left it alone
+    finally:
+        original.teardown()
 
 
 def test_private_network_survives_restore(settings: Settings, tmp_path: Path) -> None:
@@ -198,6 +289,9 @@ def test_private_network_survives_restore(settings: Settings, tmp_path: Path) ->
         assert wait_for(lambda: "unreachable" in box.stdout_path.read_text()
                         or "reached" in box.stdout_path.read_text())  # fmt: skip
         assert box.stdout_path.read_text().splitlines() == ["['lo']", "host unreachable"]
+        host.settimeout(0.1)
+        with pytest.raises(TimeoutError):  # and nothing reached the test's server
+            host.accept()
         restored = Sandbox.restore(box.checkpoint(tmp_path / "ck"), settings=settings)
         try:
             assert restored.pid is not None
@@ -307,29 +401,139 @@ def _cgroup_of(proc: Path) -> str:
         return ""
 
 
-def test_restore_failure_names_the_cause_and_cleans_up(settings: Settings, tmp_path: Path) -> None:
-    holder = textwrap.dedent(
-        """
-        import socket, time
-        s = socket.socket(socket.AF_UNIX); s.connect("/workspace/peer.sock")
-        print("connected", flush=True)
-        time.sleep(600)
-        """
-    )
+# Holds one thing CRIU cannot checkpoint (argv[1] says which), counts, and lets go of it when
+# /workspace/release appears.
+HOLDER = textwrap.dedent(
+    """
+    import ctypes, os, socket, sys, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    kind = sys.argv[1]
+    if kind == "io_uring":
+        held = libc.syscall(425, 8, ctypes.create_string_buffer(120))  # io_uring_setup
+        assert held >= 0, os.strerror(ctypes.get_errno())
+        release = lambda: os.close(held)
+    elif kind == "inotify":
+        os.makedirs("/opt/watched")  # a directory of the overlay root
+        held = libc.inotify_init1(0)
+        assert libc.inotify_add_watch(held, b"/opt/watched", 0x100) >= 0
+        release = lambda: os.close(held)
+    elif kind == "deleted":
+        big = open("/tmp/big", "wb"); big.write(b"x" * (3 << 20)); big.flush()
+        os.unlink("/tmp/big")
+        release = big.close
+    else:
+        peer = socket.socket(socket.AF_UNIX); peer.connect("/workspace/peer.sock")
+        release = peer.close
+    n = 0
+    while True:
+        n += 1
+        if release and os.path.exists("/workspace/release"):
+            release(); release = None
+            print("released", flush=True)
+        print(n, flush=True)
+        time.sleep(0.02)
+    """
+)
+BLOCKERS = {
+    "io_uring": ("an io_uring instance (fd 3)", "close the ring before checkpointing"),
+    "inotify": ("an inotify watch on /opt/watched (fd 3)", "remove the watch"),
+    "deleted": ("the deleted file /tmp/big (3.0 MiB, open as fd 3)", "ghost_limit=3 << 20"),
+    "unix": ("a unix socket (fd 3) connected to", "close the connection before checkpointing"),
+}
+
+
+def _counter(box: Sandbox) -> int:
+    return max([int(x) for x in box.stdout_path.read_text().split() if x.isdigit()] or [0])
+
+
+def _launch_holder(kind: str, settings: Settings, tmp_path: Path) -> tuple[Sandbox, socket.socket]:
+    if kind == "io_uring" and Path("/proc/sys/kernel/io_uring_disabled").read_text().strip() != "0":
+        pytest.skip("io_uring is disabled on this machine")
     workspace = tmp_path / "ws"
     workspace.mkdir()
-    peer = socket.socket(socket.AF_UNIX)
+    peer = socket.socket(socket.AF_UNIX)  # the outside end of the unix socket case
     peer.bind(str(workspace / "peer.sock"))
     peer.listen()
-    box = Sandbox.launch(["python3", "-c", holder], workspace=workspace, settings=settings)
+    box = Sandbox.launch(["python3", "-c", HOLDER, kind], workspace=workspace, settings=settings)
+    assert wait_for(lambda: _counter(box) >= 3), box.stderr_path.read_text()
+    return box, peer
+
+
+@pytest.mark.parametrize("kind", list(BLOCKERS))
+def test_a_blocked_checkpoint_names_process_resource_and_fix(
+    kind: str, settings: Settings, tmp_path: Path
+) -> None:
+    box, peer = _launch_holder(kind, settings, tmp_path)
+    accepted = peer.accept()[0] if kind == "unix" else None
     try:
-        assert wait_for(lambda: "connected" in box.stdout_path.read_text())
-        try:
+        pid = box.pid
+        with pytest.raises(CheckpointBlockedError) as err:
+            box.checkpoint(tmp_path / "ck")
+        resource, fix = BLOCKERS[kind]
+        message = err.value.message
+        assert "process 2 (python3) holds " + resource in message, message
+        assert fix in message and "the sandbox runs on as it was" in message
+        assert err.value.pid == 2 and err.value.command == "python3" and not err.value.log
+        if kind == "unix":
+            assert f"{tmp_path / 'ws' / 'peer.sock'} outside the sandbox" in message
+        assert not (tmp_path / "ck").exists()  # nothing was dumped
+        # Untouched: the same tree runs on and makes progress.
+        assert box.state is SandboxState.RUNNING and box.pid == pid
+        now = _counter(box)
+        assert wait_for(lambda: _counter(box) >= now + 3)
+        if kind == "deleted":  # the other way out: let CRIU keep the file in the images
+            checkpoint = box.checkpoint(tmp_path / "ck", ghost_limit=4 << 20)
+            restored = Sandbox.restore(checkpoint, settings=settings)
+            try:
+                at_dump = _counter(restored)
+                assert wait_for(lambda: _counter(restored) >= at_dump + 3)
+            finally:
+                restored.teardown()
+        else:  # let go of it: then the checkpoint succeeds
+            (box.workspace / "release").write_text("")
+            assert wait_for(lambda: "released" in box.stdout_path.read_text())
             checkpoint = box.checkpoint(tmp_path / "ck")
-        except CriuError as exc:  # refused at dump time: also a clear answer
-            assert "unix socket" in exc.message and exc.log.endswith("dump.log")
-            assert box.state is SandboxState.RUNNING  # a failed dump leaves the tree running
-            return
+            assert checkpoint.image_bytes > 0 and box.state is SandboxState.CHECKPOINTED
+    finally:
+        box.teardown()
+        peer.close()
+        if accepted is not None:
+            accepted.close()
+
+
+@pytest.mark.parametrize("kind", ["io_uring", "inotify", "deleted"])
+def test_criu_refusing_a_dump_gives_the_same_answer(
+    kind: str, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the inspection can miss (a resource taken just before the dump) CRIU refuses;
+    # its log is translated into the same error, and the thawed tree runs on.
+    monkeypatch.setattr(torpor.sandbox._sandbox, "find_blockers", lambda pid, limit: [])
+    box, peer = _launch_holder(kind, settings, tmp_path)
+    try:
+        with pytest.raises(CheckpointBlockedError) as err:
+            box.checkpoint(tmp_path / "ck")
+        message = err.value.message
+        assert "process 2 (python3) holds " in message and err.value.log, message
+        assert {"io_uring": "io_uring", "inotify": "inotify watch on an overlay",
+                "deleted": "deleted file /tmp/big (3.0 MiB)"}[kind] in message  # fmt: skip
+        assert Path(err.value.log).exists() and not (tmp_path / "ck").exists()
+        assert box.state is SandboxState.RUNNING
+        now = _counter(box)
+        assert wait_for(lambda: _counter(box) >= now + 3)
+    finally:
+        box.teardown()
+        peer.close()
+
+
+def test_restore_failure_names_the_cause_and_cleans_up(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CRIU dumps a unix socket to the outside but cannot restore it; with the inspection
+    # out of the way, the restore's failure is what the user sees.
+    monkeypatch.setattr(torpor.sandbox._sandbox, "find_blockers", lambda pid, limit: [])
+    box, peer = _launch_holder("unix", settings, tmp_path)
+    try:
+        checkpoint = box.checkpoint(tmp_path / "ck")
         with pytest.raises(CriuError, match="unix socket connects to a peer outside") as err:
             Sandbox.restore(checkpoint, settings=settings)
         assert Path(err.value.log).exists() and "restore" in err.value.message
@@ -337,7 +541,37 @@ def test_restore_failure_names_the_cause_and_cleans_up(settings: Settings, tmp_p
     finally:
         box.teardown()
         peer.close()
+    workspace = tmp_path / "ws"
     assert workspace.is_dir() and (workspace / "peer.sock").exists()  # not ours to delete
+
+
+def test_missing_privileges_and_old_criu_are_explained(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root without capabilities, as in an unprivileged container.
+    attempt = (
+        "from torpor.sandbox import Sandbox, SandboxError\n"
+        "try:\n    Sandbox.launch(['true'])\nexcept SandboxError as exc:\n    print(exc.message)"
+    )
+    env = {**os.environ, "TORPOR_HOME": str(settings.home)}
+    out = subprocess.run(
+        ["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-c", attempt],
+        capture_output=True, text=True, env=env, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "lacks CAP_SYS_ADMIN" in out and "run torpor as root" in out, out
+    assert not list((settings.home / "sandboxes").glob("*"))
+    # A CRIU too old for this kernel: the checkpoint says so, and the sandbox runs on.
+    with Sandbox.launch(["sleep", "100"], settings=settings) as box:
+        old = tmp_path / "old-criu"
+        old.write_text("#!/bin/sh\necho 'Version: 3.17.1'\n")
+        old.chmod(0o755)
+        monkeypatch.setenv("TORPOR_CRIU", str(old))
+        with pytest.raises(CriuNotFoundError, match=r"criu 3\.17\.1, older than 4\.2"):
+            box.checkpoint(tmp_path / "ck")
+        monkeypatch.setenv("TORPOR_CRIU", str(tmp_path / "absent"))
+        with pytest.raises(CriuNotFoundError, match="does not run as criu"):
+            box.checkpoint(tmp_path / "ck")
+        assert box.state is SandboxState.RUNNING and not (tmp_path / "ck").exists()
 
 
 def test_bad_requests_get_clear_errors(settings: Settings, tmp_path: Path) -> None:

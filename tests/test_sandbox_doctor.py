@@ -120,8 +120,9 @@ def test_sandbox_public_names_are_exactly_these() -> None:
     import torpor.sandbox
 
     assert set(torpor.sandbox.__all__) == {
-        "MIN_CRIU_VERSION", "Checkpoint", "Criu", "CriuError", "CriuNotFoundError", "Orphan",
-        "Sandbox", "SandboxError", "SandboxState", "find_criu", "find_orphans", "remove_orphans",
+        "MIN_CRIU_VERSION", "Checkpoint", "CheckpointBlockedError", "Criu", "CriuError",
+        "CriuNotFoundError", "Orphan", "Sandbox", "SandboxError", "SandboxState", "find_criu",
+        "find_orphans", "remove_orphans",
     }  # fmt: skip
     for name in torpor.sandbox.__all__:
         assert hasattr(torpor.sandbox, name), name

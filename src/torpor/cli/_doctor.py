@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -17,6 +18,7 @@ from .._config import Settings, redact_url
 from .._errors import CriuNotFoundError, TorporError
 from ..sandbox import Criu, Sandbox, find_criu, find_orphans, remove_orphans
 from ..sandbox._cgroup import available_controllers
+from ..sandbox._host import has_sys_admin
 from ..store import SCHEMA_VERSION, open_store
 
 __all__ = ["doctor"]
@@ -114,22 +116,54 @@ def _check_blobs(report: _Report, blob_url: str) -> None:
 
 # Kernel options CRIU and the sandbox need; /proc/config.gz shows them when the kernel has it.
 _KERNEL_OPTIONS = ["CONFIG_CHECKPOINT_RESTORE", "CONFIG_NAMESPACES", "CONFIG_PID_NS"]
+# Options that only make things faster or lighter (lazy restore, incremental dumps).
+_KERNEL_EXTRAS = {
+    "CONFIG_USERFAULTFD": "no USERFAULTFD: no lazy restore",
+    "CONFIG_MEM_SOFT_DIRTY": "no MEM_SOFT_DIRTY: every checkpoint dumps all memory",
+}
+
+# The smoke test's process: it holds a connected TCP socket (to itself, on the sandbox's
+# private loopback), the case new kernels break most often.
+_SMOKE = """
+import socket, time
+server = socket.create_server(("127.0.0.1", 0))
+client = socket.create_connection(server.getsockname())
+peer, _ = server.accept()
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"""
 
 
 def _check_snapshot_road(report: _Report, settings: Settings) -> None:
     """Kernel, privileges, overlayfs, cgroups, CRIU, then a real sandbox checkpoint/restore."""
     ready = _check_kernel(report)
-    if os.geteuid() != 0:
-        report.bad("privileges", "not root", "run torpor as root: CRIU needs CAP_SYS_ADMIN")
+    if not has_sys_admin():
+        who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+        report.bad(
+            "privileges",
+            f"running as {who} without CAP_SYS_ADMIN",
+            "run torpor as root (in a container: --privileged): sandboxes mount and make "
+            "namespaces, and CRIU needs CAP_SYS_ADMIN",
+        )
         ready = False
+    else:
+        report.good("privileges", f"uid {os.geteuid()} with CAP_SYS_ADMIN")
     if "overlay" not in Path("/proc/filesystems").read_text():
         report.bad("overlayfs", "not in /proc/filesystems", "load it: modprobe overlay")
         ready = False
-    controllers = available_controllers()
-    if controllers:
-        report.good("cgroups", f"{' and '.join(controllers)} limits available")
     else:
-        report.note("cgroups", "no writable memory/pids cgroup: sandboxes run without limits")
+        report.good("overlayfs", "available")
+    controllers = available_controllers()
+    version = "v2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "v1"
+    if controllers:
+        report.good("cgroups", f"cgroup {version}: {' and '.join(controllers)} limits available")
+    else:
+        report.note(
+            "cgroups",
+            f"cgroup {version}: no writable memory or pids cgroup here, so sandboxes run "
+            "without limits and memory_limit/pids_limit are refused",
+        )
     criu = _check_criu(report, settings)
     if criu is not None and ready:
         _check_sandbox(report, settings)
@@ -151,8 +185,10 @@ def _check_kernel(report: _Report) -> bool:
         )
         return False
     detail = ", ".join(_KERNEL_OPTIONS)
-    if "CONFIG_MEM_SOFT_DIRTY=y" not in config:
-        detail += " (no MEM_SOFT_DIRTY: every checkpoint dumps all memory)"
+    present = [opt for opt in _KERNEL_EXTRAS if f"{opt}=y" in config]
+    absent = [why for opt, why in _KERNEL_EXTRAS.items() if opt not in present]
+    detail += "".join(f", {opt}" for opt in present)
+    detail += f" ({'; '.join(absent)})" if absent else ""
     report.good("kernel cfg", detail)
     return True
 
@@ -189,12 +225,18 @@ def _check_criu(report: _Report, settings: Settings) -> Criu | None:
 
 
 def _check_sandbox(report: _Report, settings: Settings) -> None:
-    """Launch, checkpoint and restore a real sandbox: nothing less proves the road works."""
+    """Launch, checkpoint and restore a real sandbox holding a TCP connection: nothing less
+    proves the road works."""
     scratch = Path(tempfile.mkdtemp(prefix="doctor-", dir=_mkdir(settings.home)))
     boxes: list[Sandbox] = []
     try:
-        box = Sandbox.launch(["sleep", "600"], settings=settings)
+        box = Sandbox.launch(["python3", "-c", _SMOKE], network=False, settings=settings)
         boxes.append(box)
+        deadline = time.monotonic() + 30
+        while "ready" not in box.stdout_path.read_text():
+            if box.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the test process did not start: {box.stderr_path.read_text()}")
+            time.sleep(0.01)
         checkpoint = box.checkpoint(scratch / "checkpoint")
         restored = Sandbox.restore(checkpoint, settings=settings)
         boxes.append(restored)
@@ -216,7 +258,8 @@ def _check_sandbox(report: _Report, settings: Settings) -> None:
         f"launch {box.timings['launch'] * 1000:.0f} ms, "
         f"checkpoint {checkpoint.total_seconds * 1000:.0f} ms "
         f"({checkpoint.image_bytes / 2**20:.1f} MiB), "
-        f"restore {restored.timings['restore'] * 1000:.0f} ms",
+        f"restore {restored.timings['restore'] * 1000:.0f} ms, of a process holding a TCP "
+        "connection",
     )
 
 

@@ -99,7 +99,26 @@ def _fix_for(errors: list[str]) -> str:
     return "read the log for the first Error line"
 
 
+# path -> (identity of the file, its version): asking `criu --version` costs 5-10 ms, paid on
+# every checkpoint and restore otherwise. A replaced binary has another identity.
+_versions: dict[str, tuple[tuple[int, int, int, int], str | None]] = {}
+
+
 def _version_of(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _versions.get(path)
+    if cached is not None and cached[0] == identity:
+        return cached[1]
+    version = _ask_version(path)
+    _versions[path] = (identity, version)
+    return version
+
+
+def _ask_version(path: str) -> str | None:
     try:
         out = subprocess.run(
             [path, "--version"], capture_output=True, text=True, timeout=30, check=False

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import socket
-import stat
 import struct
 import sys
 from typing import Any
@@ -96,30 +95,6 @@ def _mount(
     )
 
 
-def _make_dev(libc: ctypes.CDLL, root: str) -> None:
-    dev = root + "/dev"
-    _mount(libc, "tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
-    for name, major, minor in [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ]:
-        os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-        os.chmod(f"{dev}/{name}", 0o666)  # mknod obeys the umask
-    for name, target in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ]:
-        os.symlink(target, f"{dev}/{name}")
-    os.mkdir(f"{dev}/shm")
-    os.chmod(f"{dev}/shm", 0o1777)
-
-
 def _loopback_up() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         req = struct.pack("16sH", b"lo", 0)
@@ -141,9 +116,9 @@ def main(config: dict[str, Any]) -> None:
             f.write("0")
     # pivot_root needs the new root to be a mount of its own in this namespace.
     _mount(libc, root, root, None, MS_BIND)
+    # /dev and /tmp are directories of the root layer, made by the launcher: no tmpfs for
+    # CRIU to archive on every dump.
     _mount(libc, "proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    _make_dev(libc, root)
-    _mount(libc, "tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     _bind(libc, config["workspace"], root + "/workspace")
     _bind(libc, config["run_dir"], root + RUN_DIR)
     if not config["network"]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 import secrets
+import select
 import shlex
 import shutil
 import signal
@@ -26,10 +28,11 @@ from types import TracebackType
 from typing import Any
 
 from .._config import Settings
-from .._errors import SandboxError
+from .._errors import CriuError, SandboxError
 from . import _host
 from ._cgroup import create_cgroups, remove_cgroups, restore_args, set_pids_limit
 from ._criu import Criu, find_criu
+from ._inspect import DEFAULT_GHOST_LIMIT, blocker_from_log, find_blockers, tree_processes
 from ._records import Checkpoint, read_sandbox_meta, write_json
 
 __all__ = ["Sandbox", "SandboxState"]
@@ -76,6 +79,9 @@ class Sandbox:
         self._returncode: int | None = None
         self._state = SandboxState.RUNNING
         self._cgroups: list[Path] = []
+        # run/ moves into the checkpoint when a checkpoint without leave_running takes the
+        # layers; stdout_path and stderr_path follow it.
+        self._run_dir = directory / "run"
 
     # -- creating -------------------------------------------------------------------------
 
@@ -116,6 +122,7 @@ class Sandbox:
         sandbox_id = _new_id()
         if not cmd:
             raise SandboxError(sandbox_id, "no command given", "pass e.g. ['python3', 'agent.py']")
+        _host.require_privileges(sandbox_id)
         started = time.perf_counter()
         box = cls(sandbox_id, _new_directory(sandbox_id, directory, settings), settings)
         base = Path(base_root).resolve()
@@ -136,6 +143,7 @@ class Sandbox:
                     raise SandboxError(sandbox_id, f"workspace {ws} is no directory", "create it")
                 ws.mkdir()
             (box.directory / "upper").mkdir()
+            _host.prepare_root_layer(box.directory / "upper")
             (box.directory / "run").mkdir()
             for output in (box.stdout_path, box.stderr_path):
                 output.touch()  # readable from the start; the command appends
@@ -167,6 +175,7 @@ class Sandbox:
             CriuError: CRIU could not restore it; the message quotes its log.
         """
         settings = settings or Settings.from_env()
+        _host.require_privileges(checkpoint.sandbox_id)
         target = (
             Path(directory).absolute()
             if directory
@@ -202,6 +211,7 @@ class Sandbox:
         """
         settings = settings or Settings.from_env()
         sandbox_id = _new_id()
+        _host.require_privileges(sandbox_id)
         target = _new_directory(sandbox_id, directory, settings)
         return cls._from_checkpoint(checkpoint, sandbox_id, target, settings)
 
@@ -224,8 +234,8 @@ class Sandbox:
         }
         try:
             box._save()
-            _host.copy_tree(sandbox_id, checkpoint.directory / "upper", directory / "upper")
-            _host.copy_tree(sandbox_id, checkpoint.directory / "run", directory / "run")
+            layers = [checkpoint.directory / "upper", checkpoint.directory / "run"]
+            _host.copy_tree(sandbox_id, layers, directory)
             box._mount_root(Path(checkpoint.base_root))
             box._mount_overlay(
                 directory / "workspace",
@@ -276,11 +286,12 @@ class Sandbox:
 
     @property
     def stdout_path(self) -> Path:
-        return self.directory / "run" / "stdout.log"
+        """The command's stdout, a file on the host (in the checkpoint once one took it)."""
+        return self._run_dir / "stdout.log"
 
     @property
     def stderr_path(self) -> Path:
-        return self.directory / "run" / "stderr.log"
+        return self._run_dir / "stderr.log"
 
     @property
     def workspace(self) -> Path:
@@ -315,7 +326,7 @@ class Sandbox:
         # The init records the command's own status. Without that record the init itself was
         # killed, and from outside only SIGKILL can kill a namespace's init (kill(), the OOM
         # killer); `unshare` does not pass that on faithfully, so it is not asked.
-        exit_file = self.directory / "run" / "exit"
+        exit_file = self._run_dir / "exit"
         self._returncode = (
             int(exit_file.read_text()) if exit_file.exists() else min(status, 0) or -signal.SIGKILL
         )
@@ -339,25 +350,58 @@ class Sandbox:
             TimeoutError: it still runs after ``timeout`` seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while (code := self.poll()) is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"sandbox {self.id} still runs after {timeout} s")
-            time.sleep(0.005)
+        pidfd = self._pidfd()
+        try:
+            while (code := self.poll()) is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"sandbox {self.id} still runs after {timeout} s")
+                if pidfd is None:
+                    time.sleep(0.005)
+                else:  # readable the moment the process ends
+                    select.select([pidfd], [], [], 1.0 if left is None else min(left, 1.0))
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
         return code
 
+    def _pidfd(self) -> int | None:
+        """A pidfd of the process whose end `poll` looks for: the launcher's `unshare`
+        (parent of the init), or the restored init itself."""
+        pid = self._popen.pid if self._popen is not None else self._pid
+        if pid is None:
+            return None
+        try:
+            return os.pidfd_open(pid)
+        except OSError:  # already gone (and reaped): poll() sees it at once
+            return None
+
     def checkpoint(
-        self, images_dir: str | os.PathLike[str], *, leave_running: bool = False
+        self,
+        images_dir: str | os.PathLike[str],
+        *,
+        leave_running: bool = False,
+        ghost_limit: int | None = None,
     ) -> Checkpoint:
         """Dump the whole tree and its layers into ``images_dir`` (created; must not exist).
 
-        Without ``leave_running`` the tree is stopped afterwards and holds no memory; with it,
-        the tree runs on. Open TCP connections are recorded as closed: after a restore the
-        process reads EOF and must reconnect.
+        The layers (root, workspace, ``run/``) are taken while the tree is frozen, so they
+        match its memory. Without ``leave_running`` the tree is stopped afterwards, holds no
+        memory, and its layers move into the checkpoint (``stdout_path`` follows them); with
+        it, the tree runs on and the layers are copied. Open TCP connections are recorded as
+        closed: after a restore the process reads EOF and must reconnect.
+
+        Args:
+            ghost_limit: bytes of a deleted-but-open file that CRIU copies into the images
+                (default 1 MiB); a larger one blocks the checkpoint.
 
         Raises:
             SandboxError: the sandbox is not running, or ``images_dir`` exists.
-            CriuError: CRIU could not dump it (the tree keeps running); the message names the
-                cause when it is a known one (a unix socket to the outside, io_uring, ...).
+            CheckpointBlockedError: a process holds something CRIU cannot dump (io_uring,
+                inotify on the overlay, a large deleted file, a unix socket to the outside);
+                the message names the process, the resource and the way out. Nothing was
+                dumped; the tree runs on untouched.
+            CriuError: CRIU failed for another reason (the tree keeps running).
         """
         started = time.perf_counter()
         if self.state is not SandboxState.RUNNING:
@@ -365,7 +409,13 @@ class Sandbox:
                 self.id, f"is {self._state}, not running: there is nothing to checkpoint",
                 "launch or restore it first",
             )  # fmt: skip
+        assert self._pid is not None
+        _host.require_privileges(self.id)
         criu = self._criu()
+        limit = DEFAULT_GHOST_LIMIT if ghost_limit is None else ghost_limit
+        blockers = find_blockers(self._pid, limit)
+        if blockers:
+            raise blockers[0].error(self.id, blockers[1:])
         target = Path(images_dir).absolute()
         try:
             target.mkdir(parents=True)
@@ -375,28 +425,52 @@ class Sandbox:
                 "pass a new directory; checkpoints are never overwritten",
             ) from None  # fmt: skip
         (target / "images").mkdir()
-        hook = target / "post-dump.sh"
-        hook.write_text(self._post_dump_script(target))
-        hook.chmod(0o755)
+        # A tree stopped by the dump changes nothing afterwards: its layers can then be moved
+        # into the checkpoint after CRIU returns (renames, if on one filesystem). A tree that
+        # runs on needs copies made while it is frozen, by CRIU's post-dump hook.
+        move = not leave_running and _same_filesystem(target, self.directory)
         args = [
             "dump", "-t", str(self._pid), "-D", str(target / "images"), *_CRIU_COMMON,
-            "--action-script", str(hook),
             *(a for key, path in _EXTERNALS.items() for a in ("--external", f"mnt[{path}]:{key}")),
         ]  # fmt: skip
+        if ghost_limit is not None:
+            args += ["--ghost-limit", str(ghost_limit)]
+        if not move:
+            hook = target / "post-dump.sh"
+            hook.write_text(self._post_dump_script(target))
+            hook.chmod(0o755)
+            args += ["--action-script", str(hook)]
         if leave_running:
             args.append("--leave-running")
         else:
             # Set first: the tree dies during the dump and poll() must not call that a kill.
             self._state = SandboxState.CHECKPOINTED
+        # The log stays outside the checkpoint until the dump succeeds: a failure removes it.
+        log = self._settings.home / "logs" / f"dump-{self.id}-{secrets.token_hex(4)}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
         try:
-            dump_seconds = criu.run(
-                args, log=target / "dump.log", sandbox_id=self.id, operation="dump"
-            )
+            dump_seconds = criu.run(args, log=log, sandbox_id=self.id, operation="dump")
+        except CriuError as exc:
+            self._state = SandboxState.RUNNING
+            shutil.rmtree(target, ignore_errors=True)
+            # CRIU thaws the tree when a dump fails: it runs on, and can name its processes.
+            blocked = blocker_from_log(self.id, log, tree_processes(self._pid), limit)
+            if blocked is not None:
+                raise blocked from exc
+            raise
         except BaseException:
             self._state = SandboxState.RUNNING
             raise
-        if not leave_running:
+        os.replace(log, target / "dump.log")
+        if move:
             self.wait(timeout=10)
+            layers_started = time.perf_counter()
+            self._move_layers(target)
+            layers_seconds = time.perf_counter() - layers_started
+        else:
+            layers_seconds = _hook_seconds(target / "dump.log")
+            if not leave_running:
+                self.wait(timeout=10)
         checkpoint = Checkpoint(
             directory=target,
             sandbox_id=self.id,
@@ -408,13 +482,29 @@ class Sandbox:
             pids_limit=self._meta["pids_limit"],
             leave_running=leave_running,
             dump_seconds=dump_seconds,
-            layers_seconds=int((target / "layers.ns").read_text()) / 1e9,
+            layers_seconds=layers_seconds,
             total_seconds=time.perf_counter() - started,
             image_bytes=_host.tree_bytes(target / "images"),
             layer_bytes=sum(_host.tree_bytes(target / p) for p in ("upper", "workspace", "run")),
         )
         checkpoint._save()
         return checkpoint
+
+    def _move_layers(self, target: Path) -> None:
+        """Move the stopped tree's layers into the checkpoint ``target``.
+
+        A host workspace given to `launch` belongs to the user: it is copied, never moved.
+        """
+        _host.unmount_all(self.directory / "merged")  # nothing uses it: the tree is gone
+        os.rename(self.directory / "upper", target / "upper")
+        os.rename(self._run_dir, target / "run")
+        self._run_dir = target / "run"
+        own_workspace = self.directory / "workspace"
+        if self.workspace == own_workspace and not _host.mounts_under(own_workspace):
+            os.rename(own_workspace, target / "workspace")
+            self._meta["workspace"] = str(target / "workspace")
+        else:  # a host workspace, or a restored sandbox's overlay: its whole view is copied
+            _host.copy_tree(self.id, [self.workspace], target / "workspace")
 
     def kill(self) -> None:
         """Stop the whole tree at once (SIGKILL to its init) and wait until it is gone."""
@@ -480,10 +570,14 @@ class Sandbox:
                 )  # fmt: skip
         for path in (target, upper, work):
             path.mkdir(exist_ok=True)
-        _host.mount(
-            self.id, "overlay", target, "overlay",
-            f"lowerdir={lower},upperdir={upper},workdir={work}",
-        )  # fmt: skip
+        # volatile: the overlay never syncs its upper layer (unmounting one costs ~6 ms of
+        # sync otherwise, paid by every checkpoint). What survives a host crash is the
+        # checkpoints, never a running sandbox's layers.
+        options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+        try:
+            _host.mount(self.id, "overlay", target, "overlay", f"{options},volatile")
+        except SandboxError:  # a kernel older than 5.10
+            _host.mount(self.id, "overlay", target, "overlay", options)
 
     def _mount_root(self, base: Path) -> None:
         if not base.is_dir():
@@ -539,21 +633,38 @@ class Sandbox:
     def _post_dump_script(self, target: Path) -> str:
         """CRIU runs this after writing the images, while the tree is still frozen: the layer
         copies then match the memory image exactly (a file's size included, which a restore
-        checks)."""
+        checks). One `cp` for all three when the workspace is the sandbox's own."""
         q = shlex.quote
-        copies = [
-            (self.directory / "upper", target / "upper"),
-            (self.workspace, target / "workspace"),
-            (self.directory / "run", target / "run"),
-        ]
-        cp = " && ".join(f"cp -a -- {q(str(src))} {q(str(dst))}" for src, dst in copies)
+        cp = "cp -a --reflink=auto --"
+        if self.workspace == self.directory / "workspace":
+            copy = f"exec {cp} upper run workspace {q(str(target))}/"
+        else:
+            copy = (
+                f"{cp} upper run {q(str(target))}/ && "
+                f"exec {cp} {q(str(self.workspace))} {q(str(target / 'workspace'))}"
+            )
         return (
             "#!/bin/sh\n"
             '[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0\n'
-            "t0=$(date +%s%N)\n"
-            f"{cp} || exit 1\n"
-            f"echo $(( $(date +%s%N) - t0 )) > {q(str(target / 'layers.ns'))}\n"
+            f"cd {q(str(self.directory))} && {copy}\n"
         )
+
+
+def _same_filesystem(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+def _hook_seconds(log: Path) -> float:
+    """How long CRIU's post-dump hook ran, from the timestamps of CRIU's log."""
+    stamp = re.compile(r"^\((\d+\.\d+)\)")
+    lines = log.read_text(errors="replace").splitlines()
+    for i, line in enumerate(lines):
+        if line.endswith("Running post-dump scripts"):
+            begun = stamp.match(line)
+            after = [m for x in lines[i + 1 :] if (m := stamp.match(x)) and "\t[" not in x]
+            if begun and after:
+                return float(after[0].group(1)) - float(begun.group(1))
+    return 0.0
 
 
 def _new_id() -> str:
