@@ -1,0 +1,121 @@
+"""Runtime-level restore: a stored snapshot back to a running sandbox, falling back to older
+snapshots of the run when the newest is damaged."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .._config import Settings
+from .._model import SnapshotRecord
+from ._errors import SnapshotCorruptError, SnapshotNotFoundError
+
+if TYPE_CHECKING:
+    from ..sandbox import Sandbox
+    from ._store import SnapshotId, SnapshotStore
+
+__all__ = ["Restored", "default_restore_root", "restore", "restore_latest"]
+
+
+@dataclass
+class Restored:
+    """A sandbox running again from a snapshot.
+
+    ``directory`` holds the loaded checkpoint; the sandbox's workspace is an overlay over
+    it, so remove it only after the sandbox is torn down. ``skipped`` lists newer snapshots
+    that could not be used (damaged or missing chunks), newest first.
+    """
+
+    sandbox: Sandbox
+    record: SnapshotRecord
+    directory: Path
+    fetch_ms: float
+    restore_ms: float
+    skipped: list[SnapshotCorruptError] = field(default_factory=list)
+
+
+def default_restore_root(settings: Settings) -> Path:
+    """Memory-backed ``/dev/shm/torpor-restore`` when TORPOR_HOME is on the same filesystem,
+    else ``$TORPOR_HOME/restore``.
+
+    Why the condition: `Sandbox.restore` copies the checkpoint's layers into the sandbox
+    directory under TORPOR_HOME, and that copy fails across filesystems for now (EXDEV from
+    copy_file_range); drop it once the sandbox copies across filesystems.
+    """
+    shm = Path("/dev/shm")
+    home = settings.home
+    while not home.exists() and home != home.parent:
+        home = home.parent
+    if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev == home.stat().st_dev:
+        return shm / "torpor-restore"
+    return settings.home / "restore"
+
+
+def restore(
+    snapshots: SnapshotStore,
+    snapshot: SnapshotId | SnapshotRecord,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    settings: Settings | None = None,
+) -> Restored:
+    """Load a snapshot (verifying every chunk) and restore its sandbox.
+
+    Raises:
+        SnapshotError: the snapshot cannot be loaded (nothing is restored).
+        CriuError, SandboxError: the sandbox could not be restored.
+    """
+    from ..sandbox import Sandbox
+
+    settings = settings or Settings.from_env()
+    record = snapshot if isinstance(snapshot, SnapshotRecord) else snapshots.get(snapshot)
+    base = Path(root) if root is not None else default_restore_root(settings)
+    target = base / f"{record.id}-{secrets.token_hex(3)}"
+    loaded = snapshots.load(record, target)
+    started = time.perf_counter()
+    try:
+        sandbox = Sandbox.restore(loaded.checkpoint(), settings=settings)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    return Restored(
+        sandbox=sandbox,
+        record=record,
+        directory=target,
+        fetch_ms=loaded.fetch_ms,
+        restore_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
+
+
+def restore_latest(
+    snapshots: SnapshotStore,
+    run_id: str,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    settings: Settings | None = None,
+) -> Restored:
+    """Restore the run's newest snapshot whose chunks are all intact, newest first.
+
+    Raises:
+        SnapshotNotFoundError: the run has no snapshot.
+        SnapshotCorruptError: every snapshot of the run is damaged (the newest's error).
+        SnapshotKeyError: the configured key cannot open the snapshots (no fallback: the
+            older ones were saved under the same key).
+    """
+    records = snapshots.list_snapshots(run_id)
+    if not records:
+        raise SnapshotNotFoundError(f"{run_id} (the run has no snapshot)")
+    skipped: list[SnapshotCorruptError] = []
+    for record in reversed(records):
+        try:
+            restored = restore(snapshots, record, root=root, settings=settings)
+        except SnapshotCorruptError as exc:
+            skipped.append(exc)
+            continue
+        restored.skipped = skipped
+        return restored
+    raise skipped[0]
