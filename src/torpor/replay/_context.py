@@ -184,6 +184,7 @@ class WorkflowContext:
         poll: Callable[[], tuple[bool, Any]],
         deadline: float | None,
         ready: Callable[[], bool],
+        wake_on: dict[str, str] | None = None,
     ) -> tuple[bool, Any]:
         """Wait in this process until ``poll`` says done or ``deadline`` passes.
 

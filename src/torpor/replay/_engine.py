@@ -63,6 +63,7 @@ def execute_run(
     stopping: threading.Event,
     spawn: Callable[[str], None],
     on_context: Callable[[WorkflowContext], None] | None = None,
+    context_class: type[WorkflowContext] = WorkflowContext,
 ) -> RunStatus | None:
     """Run ``run`` (claimed by ``worker_id``) until it ends, parks or is released.
 
@@ -73,7 +74,7 @@ def execute_run(
         wf = lookup_workflow(run.workflow, run.source)
     except TorporError as exc:
         return _end(store, run, RunStatus.FAILED, error=encode_error(exc))
-    ctx = WorkflowContext.load(
+    ctx = context_class.load(
         store, run, worker_id=worker_id, park_after=park_after, stopping=stopping, spawn=spawn
     )
     if on_context is not None:

@@ -110,7 +110,9 @@ def wait_for_event(name: str, timeout: float | None = None) -> Any:
         event = ctx.store.consume_event(ctx.run.id, name, epoch=ctx.run.epoch, entry={"pos": pos})
         return (True, event.payload) if event is not None else (False, None)
 
-    done, payload = ctx.block(poll, deadline, lambda: _events_pending(ctx, name))
+    done, payload = ctx.block(
+        poll, deadline, lambda: _events_pending(ctx, name), wake_on={"event": name}
+    )
     if done:
         return payload
     ctx.record("timeout", {"pos": pos, "name": name})

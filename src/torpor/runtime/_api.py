@@ -96,6 +96,10 @@ class Run:
             record = self.record()
             if record.status.terminal:
                 return _outcome(record)
+            if _executor is not None and _claimable(record):
+                # Someone waits for it here: this process's embedded worker takes it again
+                # (a suspended run woken by its event, or one whose worker died).
+                _executor.claim(run_id=self.id)
             if end is not None and time.monotonic() >= end:
                 raise TimeoutError(
                     f"run {self.id} is still {record.status.value} after {timeout:g} s"
@@ -118,7 +122,7 @@ class Run:
                 return (True, record) if record.status.terminal else (False, None)
 
             deadline = None if timeout is None else time.time() + timeout
-            done, record = ctx.block(poll, deadline, lambda: poll()[0])
+            done, record = ctx.block(poll, deadline, lambda: poll()[0], wake_on={"child": self.id})
             if not done:
                 raise TimeoutError(f"child run {self.id} did not end within {timeout:g} s")
             payload = {
@@ -133,6 +137,15 @@ class Run:
             payload = entry.payload
         record = ctx.store.get_run(self.id)
         return _outcome(record, status=RunStatus(payload["status"]), payload=payload)
+
+
+def _claimable(record: RunRecord) -> bool:
+    now = time.time()
+    if record.lease_owner is None:
+        if record.status is RunStatus.QUEUED:
+            return True
+        return record.wake_at is not None and record.wake_at <= now
+    return record.lease_expires_at is not None and record.lease_expires_at < now
 
 
 def _outcome(
@@ -189,10 +202,6 @@ def start(
         fn, args = owner_hook(args)
     wf = _as_workflow(fn)
     road = Road(road)
-    if road is not Road.REPLAY:
-        raise TorporError(
-            "the snapshot road is not available in this version of torpor; use road='replay'"
-        )
     data = encode_input(args, kwargs)
     ctx = current()
     if ctx is not None and not in_step.get():
@@ -248,10 +257,15 @@ def cancel(run_id: str) -> RunStatus:
     return _the_store().cancel_run(run_id).status
 
 
-def fork(run_id: str, at: int | None = None, *, detach: bool = False) -> Run:
+def fork(
+    run_id: str, at: int | None = None, *, detach: bool = False, store: Store | None = None
+) -> Run:
     """A new run of the same workflow and input that reuses the recorded results of the
-    calls before position ``at`` (all recorded calls if None) and executes from there."""
-    store = _the_store()
+    calls before position ``at`` (all recorded calls if None) and executes from there.
+
+    ``store``: another store than this process's (the HTTP server's; only with ``detach``).
+    """
+    store = store or _the_store()
     source = store.get_run(run_id)
     if source.road is not Road.REPLAY:
         raise TorporError("forking snapshot-road runs is not available in this version")
@@ -276,12 +290,13 @@ def fork(run_id: str, at: int | None = None, *, detach: bool = False) -> Run:
     return Run(child.id, store)
 
 
-def resume(run_id: str, *, detach: bool = False) -> Run:
+def resume(run_id: str, *, detach: bool = False, store: Store | None = None) -> Run:
     """Queue a failed or cancelled replay-road run again (e.g. after fixing its code).
 
     Recorded results are kept; a step whose recorded error ended the run executes again.
+    ``store``: another store than this process's (the HTTP server's; only with ``detach``).
     """
-    store = _the_store()
+    store = store or _the_store()
     last = None
     for entry in store.read(run_id):
         if isinstance(entry.payload, dict) and isinstance(entry.payload.get("pos"), int):

@@ -10,11 +10,12 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
-from .._errors import FencedError, TorporError
+from .._errors import FencedError
 from .._model import Road, RunRecord
 from ..replay._context import WorkflowContext
 from ..replay._engine import execute_run
 from ..store import Store
+from ._snapshot_road import SnapshotRoadRun
 
 __all__ = ["Executor", "new_worker_id"]
 
@@ -75,9 +76,6 @@ class Executor:
         return True
 
     def submit(self, run: RunRecord) -> None:
-        if run.road is not Road.REPLAY:
-            self._refuse_road(run)
-            return
         with self._lock:
             self._active[run.id] = run
             self._finished[run.id] = threading.Event()
@@ -88,18 +86,6 @@ class Executor:
         with self._lock:
             return self._finished.get(run_id)
 
-    def _refuse_road(self, run: RunRecord) -> None:
-        from .._model import RunStatus
-
-        error = TorporError(f"the {run.road.value} road is not available in this version")
-        self.store.update_run(
-            run.id,
-            run.epoch,
-            status=RunStatus.FAILED,
-            error={"type": "torpor.TorporError", "message": error.message},
-            entry=("failed", {"message": error.message}),
-        )
-
     def spawn(self, run_id: str) -> None:
         """Start a child run here if nobody holds it (best effort: workers may take it)."""
         if not self.stopping.is_set():
@@ -107,6 +93,11 @@ class Executor:
 
     def _execute(self, run: RunRecord) -> None:
         try:
+            if run.road is Road.SNAPSHOT:
+                SnapshotRoadRun(
+                    self.store, run, self.worker_id, self.stopping, self.spawn
+                ).execute()
+                return
             execute_run(
                 self.store,
                 run,

@@ -135,8 +135,8 @@ def _new_enough(version: str) -> bool:
 
 
 def find_criu(settings: Settings | None = None) -> Criu:
-    """The CRIU to use: ``TORPOR_CRIU``, else ``$TORPOR_HOME/criu/bin/criu``, else ``criu``
-    on PATH if it is 4.2 or newer.
+    """The CRIU to use: ``TORPOR_CRIU``, else ``$TORPOR_HOME/criu/bin/criu``, else
+    ``~/.torpor/criu/bin/criu``, else ``criu`` on PATH if it is 4.2 or newer.
 
     An explicitly named or provisioned CRIU that does not work is an error, not a reason to
     fall back: the user asked for that one.
@@ -151,6 +151,11 @@ def find_criu(settings: Settings | None = None) -> Criu:
     provisioned = settings.home / "criu" / "bin" / "criu"
     if os.access(provisioned, os.X_OK):
         return _checked(str(provisioned), "TORPOR_HOME")
+    # scripts/setup provisions into the default home; a run with another TORPOR_HOME (a
+    # test, a demo) still finds it there.
+    default = Path.home() / ".torpor" / "criu" / "bin" / "criu"
+    if default != provisioned and os.access(default, os.X_OK):
+        return _checked(str(default), "~/.torpor")
     on_path = shutil.which("criu")
     if on_path is None:
         raise CriuNotFoundError(f"TORPOR_CRIU is unset, {provisioned} is absent, no criu on PATH")
