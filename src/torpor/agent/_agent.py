@@ -10,6 +10,7 @@ from typing import Any
 
 from .._config import Settings
 from .._errors import TorporError
+from ..gateway._client import SandboxedContext
 from ..replay._context import WorkflowContext, current
 from ..replay._registry import load_source, source_of
 from ..replay._steps import Step, StepOptions, workflow
@@ -104,6 +105,8 @@ class Agent:
     def _workspace_for(self, ctx: WorkflowContext | None) -> Path:
         if self.workspace is not None:
             return self.workspace
+        if isinstance(ctx, SandboxedContext):
+            return Path("/workspace")  # the sandbox's own, checkpointed with it
         home = Settings.from_env().home
         return home / "workspaces" / (ctx.run.id if ctx else "scratch")
 
@@ -127,7 +130,23 @@ class Agent:
                 reply = self.provider.complete(self.system, conversation, specs)
                 return reply.to_json()
 
-            reply = ModelReply.from_json(self._call(ctx, model_step, complete))
+            if isinstance(ctx, SandboxedContext):
+                # In a sandbox the worker calls the model: API keys never enter the sandbox
+                # (nor, therefore, a snapshot of its memory).
+                request = {
+                    "provider": self.provider.provider,
+                    "model": self.provider.model,
+                    "base_url": self.provider.base_url,
+                    "max_tokens": self.max_tokens,
+                    "retries": self.model_retries,
+                    "system": self.system,
+                    "items": conversation,
+                    "tools": [spec.to_json() for spec in specs],
+                }
+                reply_json = ctx.remote_step(model_step.name, model_step.kind, request)
+            else:
+                reply_json = self._call(ctx, model_step, complete)
+            reply = ModelReply.from_json(reply_json)
             said = items_to_json(reply.items)
             items.extend(said)
             calls = [item for item in said if item["type"] == "tool_call"]

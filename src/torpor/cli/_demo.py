@@ -12,9 +12,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from .._config import Settings
 from ..agent import Agent, ModelReply
 from ..runtime import Run, configure, send, start
 from ..sandbox import find_criu
@@ -77,16 +78,21 @@ class _RoadResult:
     recovery_s: float = 0.0
     answer: str = ""
     run_id: str = ""
+    snapshots: list[tuple[int, int]] = field(default_factory=list)
+    suspended: int = 0
 
 
 def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "torpor", "worker", "--lease", "1.5", "--park-after", "30"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    logs = Settings.from_env().home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "demo-workers.log", "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "torpor", "worker", "--lease", "1.5", "--park-after", "30"],
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
 
 
 def _wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
@@ -99,18 +105,20 @@ def _wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any
     raise TimeoutError(f"the demo waited {timeout:g} s for {what}")
 
 
-def _replay_road(
-    store: Store, server: ScriptedModelServer, echo: Callable[[str], None]
+def _agent_run(
+    road: str, store: Store, server: ScriptedModelServer, echo: Callable[[str], None]
 ) -> _RoadResult:
     env = {**os.environ, "OPENAI_API_KEY": os.environ["OPENAI_API_KEY"]}
+    if road == "snapshot":
+        env["TORPOR_CHECKPOINT_POLICY"] = "step"  # a snapshot after every recorded step
     agent = Agent(
         "openai:scripted-coder",
         tools=["write_file", "read_file", "list_files", "shell", "ask_human"],
         system="You are a careful coding agent.",
         base_url=server.openai_base_url,
     )
-    handle: Run = start(agent.run, TASK, detach=True)
-    result = _RoadResult("replay", run_id=handle.id)
+    handle: Run = start(agent.run, TASK, detach=True, road=road)
+    result = _RoadResult(road, run_id=handle.id)
     echo(f"  started run {handle.id} and a worker process")
     worker = _worker(env)
     try:
@@ -119,28 +127,36 @@ def _replay_road(
             return [e.kind for e in store.read(handle.id)]
 
         _wait_for(lambda: kinds().count("model_call") >= 2, "the second model call")
-        time.sleep(0.5)  # the agent is now inside `sleep 1.5; python3 app.py`
+        time.sleep(0.7)  # the agent is now inside `sleep 1.5; python3 app.py`
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
         killed = time.monotonic()
         echo("  SIGKILLed the worker in the middle of a shell command (turn 2)")
         worker = _worker(env)
-        _wait_for(lambda: "recovered" in kinds(), "the run to be taken over")
+        taken_over = "restored" if road == "snapshot" else "recovered"
+        _wait_for(lambda: taken_over in kinds(), "the run to be taken over")
         result.recovery_s = time.monotonic() - killed
+        how = "restored its newest snapshot" if road == "snapshot" else "replayed its journal"
         echo(f"  a new worker took the run over after {result.recovery_s:.1f} s "
-             "(lease expiry) and replayed its journal")  # fmt: skip
+             f"(lease expiry) and {how}")  # fmt: skip
         _wait_for(lambda: "wait" in kinds(), "the agent to ask for approval")
+        if road == "snapshot":
+            _wait_for(lambda: "suspended" in kinds(), "the waiting sandbox to be suspended")
+            echo("  the agent waits for a human: its sandbox was checkpointed and stopped "
+                 "(suspended: no process, no memory held)")  # fmt: skip
         echo("  the agent asks: 'Tests pass. May I publish REPORT.md?' → the demo approves")
         send(handle.id, "human", {"text": "Yes, publish it."})
-        result.answer = str(handle.result(timeout=60))
+        result.answer = str(handle.result(timeout=120))
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=30)
+            worker.wait(timeout=60)
     entries = store.read(handle.id)
     result.turns = sum(1 for e in entries if e.kind == "model_call")
     result.tool_results = sum(1 for e in entries if e.kind == "tool_result")
     result.model_calls_paid = server.call_count
+    result.snapshots = [(s.stored_bytes, s.raw_bytes) for s in store.list_snapshots(handle.id)]
+    result.suspended = sum(1 for e in entries if e.kind == "suspended")
     return result
 
 
@@ -152,35 +168,30 @@ def run_demo(open_store: Callable[[], Store], echo: Callable[[str], None]) -> No
     os.environ.setdefault("OPENAI_API_KEY", "demo-key-for-the-scripted-server")
     results: list[_RoadResult] = []
 
-    snapshot = _RoadResult("snapshot")
+    skipped: str | None = None
     try:
-        criu = find_criu()
-        snapshot.skipped = (
-            f"CRIU {criu.version} is here, but the snapshot road's runtime (sandboxed runs, "
-            "suspend and restore) is not in this version yet"
-        )
-    except Exception as exc:
-        snapshot.skipped = str(exc)
+        find_criu()
+    except Exception as exc:  # any reason is reported, not raised
+        skipped = str(exc)
 
-    echo("replay road:")
+    echo("replay road (journal every step, re-run from the top after a crash):")
     with ScriptedModelServer(_script) as server:
-        results.append(_replay_road(store, server, echo))
-    echo(f"\nsnapshot road: skipped — {snapshot.skipped}")
-    results.append(snapshot)
+        results.append(_agent_run("replay", store, server, echo))
+    if skipped is None:
+        echo("\nsnapshot road (the agent in a sandbox, checkpointed with CRIU):")
+        with ScriptedModelServer(_script) as server:
+            results.append(_agent_run("snapshot", store, server, echo))
+    else:
+        echo(f"\nsnapshot road: skipped — {skipped}")
+        results.append(_RoadResult("snapshot", skipped=skipped))
 
     echo("\n" + _summary(results))
-    replay = results[0]
-    echo(f"\nfinal answer: {replay.answer}")
-    echo(f"workspace:    {store_home()}/workspaces/{replay.run_id}")
-    echo(f"see the log:  torpor log {replay.run_id}")
+    for result in results:
+        if not result.skipped:
+            echo(f"\n{result.road} road final answer: {result.answer}")
+            echo(f"  see the log: torpor log {result.run_id}")
     echo(f"(demo took {time.monotonic() - t0:.1f} s)")
     store.close()
-
-
-def store_home() -> str:
-    from .._config import Settings
-
-    return str(Settings.from_env().home)
 
 
 def _summary(results: list[_RoadResult]) -> str:
@@ -190,11 +201,32 @@ def _summary(results: list[_RoadResult]) -> str:
     rows.append(("tool results recorded", *(_n(r, r.tool_results) for r in results)))
     rows.append(("recovery after SIGKILL", *(
         "—" if r.skipped else f"{r.recovery_s:.1f} s" for r in results)))  # fmt: skip
-    rows.append(("snapshot sizes", *("—" if r.skipped else "n/a (journal)" for r in results)))
+    rows.append(("snapshots stored", *(_sizes(r) for r in results)))
+    rows.append(
+        (
+            "suspended while waiting",
+            *("—" if r.skipped or r.road == "replay" else f"{r.suspended}x" for r in results),
+        )
+    )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
     )
+
+
+def _sizes(result: _RoadResult) -> str:
+    if result.skipped:
+        return "—"
+    if result.road == "replay":
+        return "none (journal only)"
+    if not result.snapshots:
+        return "0"
+    first = result.snapshots[0][0]
+    later = sorted(stored for stored, _ in result.snapshots[1:])
+    text = f"{len(result.snapshots)}: first {first / 1e6:.1f} MB"
+    if later:
+        text += f", then ~{later[len(later) // 2] / 1e3:.0f} kB each"
+    return text
 
 
 def _n(result: _RoadResult, value: int) -> str:

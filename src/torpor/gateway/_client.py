@@ -235,6 +235,21 @@ class SandboxedContext(WorkflowContext):
             # sandbox (stop + retry) if the wait is long.
             self.client.call("park", deadline=deadline, wake_on=wake_on or {})
 
+    def remote_step(self, name: str, kind: str, request: dict[str, Any]) -> Any:
+        """A step the worker executes and records (a model call: the keys stay outside)."""
+        pos = self.next_position()
+        entry = self.recorded(pos, (kind,), name)
+        if entry is None:
+            self.boundary()
+            payload = self.client.call("model", pos=pos, name=name, kind=kind, request=request)
+        else:
+            payload = entry.payload
+        if "error" in payload:
+            from ..replay._codec import decode_error
+
+            raise decode_error(payload["error"])
+        return payload.get("result")
+
     @property
     def client(self) -> GatewayClient:
         store = self.store

@@ -107,6 +107,7 @@ class SnapshotRoadRun:
 
         self.snapshots = SnapshotStore.from_settings(self.store, self.settings)
         self.policy, self.interval = checkpoint_policy()
+        _remove_orphans(self.settings)
         restored_dir: Path | None = None
         try:
             restored = restore_latest(self.snapshots, self.run.id, settings=self.settings)
@@ -279,6 +280,65 @@ class SnapshotRoadRun:
         self.spawn(str(request["run_id"]))
         return {"result": None}, None
 
+    def _op_model(self, request: dict[str, Any], peer: int) -> Any:
+        """A model call for the sandbox, made here with the worker's keys and recorded."""
+        from ..agent._items import ToolSpec
+        from ..agent._providers import Provider, non_retryable_errors
+        from ..replay._steps import StepOptions
+
+        pos, name, kind = int(request["pos"]), str(request["name"]), str(request["kind"])
+        for entry in self.store.read(self.run.id):  # sent again after a crash: answered
+            if (
+                entry.kind == kind
+                and isinstance(entry.payload, dict)
+                and entry.payload.get("pos") == pos
+            ):
+                return {"result": entry.payload}, None
+        spec = request["request"]
+        provider = Provider(
+            spec["provider"],
+            spec["model"],
+            spec.get("base_url"),
+            max_tokens=int(spec.get("max_tokens") or 4096),
+        )
+        tools = [ToolSpec.from_json(t) for t in spec.get("tools", [])]
+        options = StepOptions(
+            name=name,
+            retries=int(spec.get("retries", 4)),
+            backoff=1.0,
+            max_backoff=30.0,
+            timeout=None,
+            non_retryable=non_retryable_errors(),
+            kind=kind,
+        )
+        attempt = 1
+        while True:
+            try:
+                reply = provider.complete(spec.get("system", ""), spec["items"], tools)
+                payload: dict[str, Any] = {"pos": pos, "name": name, "result": reply.to_json()}
+                break
+            except Exception as exc:
+                if not options.retryable(exc, attempt):
+                    payload = {"pos": pos, "name": name, "error": encode_error(exc)}
+                    break
+                delay = options.delay(attempt)
+                self._record(
+                    "step_retry",
+                    {
+                        "at": pos,
+                        "name": name,
+                        "attempt": attempt,
+                        "delay": delay,
+                        "error": encode_error(exc),
+                    },
+                )
+                time.sleep(delay)
+                attempt += 1
+        if attempt > 1:
+            payload["attempt"] = attempt
+        self.store.append(self.run.id, kind, payload, epoch=self.run.epoch)
+        return {"result": payload}, None
+
     def _op_exit(self, request: dict[str, Any], peer: int) -> Any:
         if self.outcome is None:
             self.outcome = "ended" if request.get("status") else "failed"
@@ -426,6 +486,19 @@ class SnapshotRoadRun:
                 )
         except FencedError:
             pass
+
+
+def _remove_orphans(settings: Settings) -> None:
+    """Sandboxes of dead workers (a run this worker may restore could still be running in
+    one, reaching a gateway that is gone): killed and removed before restoring."""
+    from ..sandbox import find_orphans, remove_orphans
+
+    try:
+        orphans = find_orphans(settings)
+        if orphans:
+            remove_orphans(orphans)
+    except Exception:
+        log.warning("removing orphaned sandboxes failed", exc_info=True)
 
 
 def _tail(path: Path, lines: int = 5) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 import shutil
@@ -226,12 +227,22 @@ def _copy_small_tree(src: Path, dst: Path) -> None:
             _copy_small_tree(Path(entry.path), dst / entry.name)
     elif stat.S_ISREG(st.st_mode):
         with open(src, "rb") as fin, open(dst, "xb") as fout:
-            left = st.st_size
-            while left > 0:
-                done = os.copy_file_range(fin.fileno(), fout.fileno(), left)
-                if done == 0:
-                    break
-                left -= done
+            try:
+                left = st.st_size
+                while left > 0:
+                    done = os.copy_file_range(fin.fileno(), fout.fileno(), left)
+                    if done == 0:
+                        break
+                    left -= done
+            except OSError as exc:
+                # Across filesystems (a restored sandbox's layers live in /dev/shm) the
+                # kernel may refuse the in-kernel copy: copy through userspace instead.
+                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                fin.seek(0)
+                fout.seek(0)
+                fout.truncate()
+                shutil.copyfileobj(fin, fout, 1 << 20)
     elif stat.S_ISLNK(st.st_mode):
         os.symlink(os.readlink(src), dst)
     else:  # device nodes (the overlay's whiteouts are 0/0 character devices), fifos, sockets
