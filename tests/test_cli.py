@@ -158,9 +158,14 @@ def test_doctor_fails_on_unreachable_store(tmp_path: Path) -> None:
     assert result.code == 1 and "FAIL  store" in result.out and "fix:" in result.out
 
 
-def test_commands_not_in_this_version_say_so(cli: Cli) -> None:
-    _one_line_error(cli("server"), "not available in this version")
-    _one_line_error(cli("snapshots", "r-x", "--json"), "not available in this version")
+def test_snapshot_commands_on_replay_runs_and_bad_input(cli: Cli, db_url: str) -> None:
+    with open_store(db_url) as store:
+        run = store.create_run("app:wf")
+    assert json.loads(cli("snapshots", run.id, "--json").out) == []
+    assert "has no snapshots" in cli("snapshots", run.id).out
+    _one_line_error(cli("snapshot", run.id), "replay road", "no snapshots")
+    _one_line_error(cli("snapshots", "r-nope"), "no run with id 'r-nope'")
+    _one_line_error(cli("fork", run.id, "--at", "s-1"), "call position")
 
 
 def test_demo_crashes_and_resumes_an_agent_on_both_roads(tmp_path: Path) -> None:

@@ -156,3 +156,53 @@ def test_sigterm_releases_the_run_with_a_snapshot_and_another_worker_finishes_it
     assert done.status is RunStatus.COMPLETED, done.error
     # The step was checkpointed mid-way and went on where it was: it started once.
     assert done.output == 2
+
+
+def _cli(workers: Workers, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "torpor", *args],
+        env=workers.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_fork_from_a_snapshot_leaves_the_parent_alone(workers: Workers, store: Store) -> None:
+    parent = workers.run("memory_and_wait", [2])
+    workers.start()
+    _until(lambda: store.get_run(parent).status is RunStatus.SUSPENDED, "the run to suspend")
+    (snap,) = store.list_snapshots(parent)
+    forked = _cli(workers, "fork", parent, "--at", snap.id, "--detach")
+    assert forked.returncode == 0, forked.stderr
+    child = forked.stdout.strip()
+    record = store.get_run(child)
+    assert record.forked_from == parent and record.road.value == "snapshot"
+    parent_log = store.read(parent)
+    child_log = store.read(child)
+    assert [(e.kind, e.payload) for e in child_log[: snap.seq]] == [
+        (e.kind, e.payload) for e in parent_log[: snap.seq]
+    ]
+    assert child_log[-1].kind == "forked" and child_log[-1].payload["snapshot"] == snap.id
+
+    store.send_event(child, "go", "child")
+    done = _until(lambda: (r := store.get_run(child)).status.terminal and r, "the fork to end")
+    assert done.status is RunStatus.COMPLETED, done.error
+    assert (done.output["kept"], done.output["got"]) == ([0, 1], "child")
+    assert store.get_run(parent).status is RunStatus.SUSPENDED  # untouched by its fork
+    store.send_event(parent, "go", "parent")
+    done = _until(lambda: (r := store.get_run(parent)).status.terminal and r, "the parent")
+    assert (done.output["kept"], done.output["got"]) == ([0, 1], "parent")
+    assert done.output["steps"] == ["0", "1"]  # the fork wrote nothing into its workspace
+
+
+def test_snapshot_now_checkpoints_a_running_run(workers: Workers, store: Store) -> None:
+    run_id = workers.run("long_step", [6])
+    workers.start()
+    _until(lambda: store.get_run(run_id).status is RunStatus.RUNNING, "the run to start")
+    time.sleep(1.5)
+    made = _cli(workers, "snapshot", run_id)
+    assert made.returncode == 0, made.stderr
+    (snap,) = store.list_snapshots(run_id)
+    assert made.stdout.startswith(snap.id) and snap.raw_bytes > 0
+    listed = json.loads(_cli(workers, "snapshots", run_id, "--json").stdout)
+    assert [s["id"] for s in listed] == [snap.id]
+    done = _until(lambda: (r := store.get_run(run_id)).status.terminal and r, "the run to end")
+    assert done.status is RunStatus.COMPLETED and done.output == 2  # not disturbed

@@ -10,8 +10,8 @@ import json
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 import psycopg
@@ -19,11 +19,16 @@ import psycopg
 from .. import __version__
 from .._config import Settings
 from .._errors import TorporError
-from .._model import RunStatus
+from .._logging import LOG_FORMATS, set_log_format
+from .._model import LogEntry, RunStatus
 from ..log import describe_entry
 from ..store import Store, open_store
-from . import _runs
+from . import _runs, _snapshots
 from ._doctor import doctor
+from ._server import server
+
+if TYPE_CHECKING:
+    from ..client import Client
 
 __all__ = ["main"]
 
@@ -45,18 +50,51 @@ class _Group(click.Group):
             raise SystemExit(130) from None
 
 
+def _log_format_option() -> click.Option:
+    return click.Option(
+        ["--log-format"],
+        type=click.Choice(LOG_FORMATS),
+        expose_value=False,
+        is_eager=True,
+        callback=lambda _ctx, _param, value: set_log_format(value) if value else None,
+        help="Logs on stderr as text or JSON lines (default: TORPOR_LOG_FORMAT, else text).",
+    )
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="torpor")
-def main() -> None:
+@click.option(
+    "--url",
+    envvar="TORPOR_URL",
+    default=None,
+    help="Go through `torpor server` at this URL (ps, log, send, cancel) instead of the store.",
+)
+@click.option("--token", envvar="TORPOR_API_TOKEN", default=None, help="The server's API token.")
+@click.pass_context
+def main(ctx: click.Context, url: str | None, token: str | None) -> None:
     """torpor: durable execution for long-running LLM agents.
 
     State lives in TORPOR_DATABASE_URL (default: an SQLite file under TORPOR_HOME, itself
-    ~/.torpor by default).
+    ~/.torpor by default), or behind `torpor server` (--url).
     """
+    ctx.obj = {"url": url, "token": token}
+
+
+main.params.append(_log_format_option())
 
 
 def _open() -> Store:
     return open_store(settings=Settings.from_env())
+
+
+def _client() -> Client | None:
+    """A client of the server named by --url / TORPOR_URL, if any."""
+    obj = click.get_current_context().find_root().obj or {}
+    if not obj.get("url"):
+        return None
+    from ..client import Client  # imported only when used: httpx2 takes ~0.1 s to load
+
+    return Client(obj["url"], obj.get("token"))
 
 
 def _emit_json(value: Any) -> None:
@@ -100,8 +138,12 @@ def ps(show_all: bool, statuses: Sequence[str], limit: int | None, as_json: bool
         wanted = [RunStatus(s) for s in statuses]
     else:
         wanted = None if show_all else _ACTIVE
-    with _open() as store:
-        runs = store.list_runs(statuses=wanted, limit=limit)
+    if (client := _client()) is not None:
+        with client:
+            runs = client.list_runs(statuses=wanted, limit=limit)
+    else:
+        with _open() as store:
+            runs = store.list_runs(statuses=wanted, limit=limit)
     if as_json:
         _emit_json([run.to_json() for run in runs])
         return
@@ -124,20 +166,32 @@ def ps(show_all: bool, statuses: Sequence[str], limit: int | None, as_json: bool
 @click.option("--json", "as_json", is_flag=True, help="JSON list (JSON lines with --follow).")
 def log(run_id: str, follow: bool, after: int, as_json: bool) -> None:
     """Print a run's context log."""
+    if (client := _client()) is not None:
+        with client:
+            if follow:
+                _print_log(client.follow(run_id, after=after), as_json, follow)
+            else:
+                _print_log(client.log(run_id, after=after), as_json, follow)
+        return
     with _open() as store:
-        if not follow:
-            entries = store.read(run_id, after=after)
-            if as_json:
-                _emit_json([e.to_json() for e in entries])
-            else:
-                for entry in entries:
-                    click.echo(describe_entry(entry))
+        if follow:
+            _print_log(store.follow(run_id, after=after, stop_when_final=True), as_json, follow)
+        else:
+            _print_log(store.read(run_id, after=after), as_json, follow)
+
+
+def _print_log(entries: Iterable[LogEntry], as_json: bool, follow: bool) -> None:
+    if not follow:
+        entries = list(entries)  # a refused read prints nothing, not a partial list
+        if as_json:
+            _emit_json([e.to_json() for e in entries])
             return
-        for entry in store.follow(run_id, after=after, stop_when_final=True):
-            if as_json:
-                click.echo(json.dumps(entry.to_json(), ensure_ascii=False))
-            else:
-                click.echo(describe_entry(entry))
+    for entry in entries:
+        if as_json:
+            click.echo(json.dumps(entry.to_json(), ensure_ascii=False))
+        else:
+            click.echo(describe_entry(entry))
+        if follow:
             sys.stdout.flush()
 
 
@@ -148,8 +202,12 @@ def log(run_id: str, follow: bool, after: int, as_json: bool) -> None:
 def send(run_id: str, event: str, payload: str) -> None:
     """Deliver EVENT with a JSON payload (or - to read it from stdin) to a run."""
     value = _parse_json_arg(payload, f"the payload of event {event!r}")
-    with _open() as store:
-        sent = store.send_event(run_id, event, value)
+    if (client := _client()) is not None:
+        with client:
+            sent = client.send(run_id, event, value)
+    else:
+        with _open() as store:
+            sent = store.send_event(run_id, event, value)
     click.echo(f"sent {event!r} to {run_id} (event {sent.id})")
 
 
@@ -157,8 +215,12 @@ def send(run_id: str, event: str, payload: str) -> None:
 @click.argument("run_id", metavar="RUN")
 def cancel(run_id: str) -> None:
     """Cancel a run (at once, or at its next step boundary if a worker is executing it)."""
-    with _open() as store:
-        run = store.cancel_run(run_id)
+    if (client := _client()) is not None:
+        with client:
+            run = client.cancel(run_id)
+    else:
+        with _open() as store:
+            run = store.cancel_run(run_id)
     if run.status is RunStatus.CANCELLED:
         click.echo(f"{run_id} cancelled")
     else:
@@ -173,44 +235,22 @@ def doctor_command(cleanup: bool) -> None:
         raise SystemExit(1)
 
 
-# -- commands whose machinery is not in this version yet ----------------------------------
+# -- the other commands -------------------------------------------------------------------
 
 
-def _not_yet(what: str) -> NoReturn:
-    raise click.ClickException(f"{what} is not available in this version of torpor yet")
+main.add_command(server)
 
 
-def _placeholder(name: str, what: str, params: list[click.Parameter]) -> None:
-    def callback(**_: Any) -> None:
-        _not_yet(what)
-
-    main.add_command(
-        click.Command(name, callback=callback, params=params, help=f"{what[0].upper()}{what[1:]}.")
-    )
-
-
-_run_arg = click.Argument(["run_id"], metavar="RUN")
-_placeholder("snapshot", "checkpointing a run now", [_run_arg])
-_placeholder(
-    "snapshots",
-    "listing a run's snapshots",
-    [
-        _run_arg,
-        click.Option(["--json", "as_json"], is_flag=True),
-    ],
-)
-_placeholder(
-    "server",
-    "the HTTP API and dashboard",
-    [
-        click.Option(["--host"], default="127.0.0.1"),
-        click.Option(["--port"], type=int, default=8480),
-    ],
-)
-
-
-for _command in (_runs.run, _runs.worker, _runs.fork, _runs.resume):
+for _command in (
+    _runs.run,
+    _runs.worker,
+    _runs.fork,
+    _runs.resume,
+    _snapshots.snapshot,
+    _snapshots.snapshots,
+):
     main.add_command(_command)
+_runs.worker.params.append(_log_format_option())  # `torpor worker --log-format json`
 
 
 @main.command()

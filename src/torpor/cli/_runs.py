@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import click
 from .. import runtime
 from .._config import Settings
 from .._errors import RunCancelledError, RunFailedError, TorporError
+from .._logging import configure_logging
 from .._model import RunStatus
 from ..replay._registry import load_source, register_workflow
 from ..replay._steps import workflow_def
@@ -127,9 +127,7 @@ def worker(
 ) -> None:
     """Claim and execute runs until stopped (SIGTERM or Ctrl-C: runs are released at their
     next step boundary; a second signal exits at once)."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
-    )
+    configure_logging()  # text, or JSON lines with --log-format json
     sys.path.insert(0, os.getcwd())
     for item in imports:
         source = {"file": str(Path(item).resolve())} if item.endswith(".py") else {"module": item}
@@ -162,14 +160,14 @@ def worker(
 @click.option(
     "--at",
     "at",
-    type=click.IntRange(min=1),
     default=None,
-    help="Re-execute from this call position (default: after all recorded calls).",
+    help="Replay road: re-execute from this call position (default: after all recorded "
+    "calls). Snapshot road: the snapshot to restore (default: the newest).",
 )
 @click.option("--detach", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def fork(run_id: str, at: int | None, detach: bool, as_json: bool) -> None:
-    """Start a new run that reuses RUN's recorded results before position --at."""
+def fork(run_id: str, at: str | None, detach: bool, as_json: bool) -> None:
+    """Start a new run from a point of RUN's history (a call position or a snapshot)."""
     sys.path.insert(0, os.getcwd())
     handle = runtime.fork(run_id, at, detach=detach)
     if detach:

@@ -3,6 +3,8 @@ fork and resume — the same calls from a script, a worker or inside a workflow.
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 import threading
 import time
 import typing
@@ -258,17 +260,29 @@ def cancel(run_id: str) -> RunStatus:
 
 
 def fork(
-    run_id: str, at: int | None = None, *, detach: bool = False, store: Store | None = None
+    run_id: str,
+    at: int | str | None = None,
+    *,
+    detach: bool = False,
+    store: Store | None = None,
 ) -> Run:
-    """A new run of the same workflow and input that reuses the recorded results of the
-    calls before position ``at`` (all recorded calls if None) and executes from there.
+    """A new run that continues from a point of ``run_id``'s history.
+
+    Replay road: it reuses the recorded results of the calls before position ``at`` (all
+    recorded calls if None) and executes from there. Snapshot road: it restores snapshot
+    ``at`` (the newest if None) with its own copy-on-write workspace; its log starts as a
+    copy of the parent's up to that snapshot.
 
     ``store``: another store than this process's (the HTTP server's; only with ``detach``).
     """
     store = store or _the_store()
     source = store.get_run(run_id)
-    if source.road is not Road.REPLAY:
-        raise TorporError("forking snapshot-road runs is not available in this version")
+    if source.road is Road.SNAPSHOT:
+        return _fork_snapshot(store, source, None if at is None else str(at), detach)
+    if isinstance(at, str):
+        if not at.isdigit():
+            raise TorporError(f"--at {at!r}: a replay-road run forks at a call position (1, 2…)")
+        at = int(at)
     child = store.create_run(
         source.workflow,
         road=source.road,
@@ -285,6 +299,44 @@ def fork(
             store.append(child.id, entry.kind, entry.payload)
             copied += 1
     store.append(child.id, "forked", {"from": run_id, "at": at, "copied": copied})
+    if not detach:
+        _the_executor().claim(run_id=child.id)
+    return Run(child.id, store)
+
+
+def _fork_snapshot(store: Store, source: RunRecord, at: str | None, detach: bool) -> Run:
+    records = store.list_snapshots(source.id)
+    if not records:
+        raise TorporError(f"run {source.id} has no snapshot to fork from")
+    if at is None:
+        pick = records[-1]
+    else:
+        matches = [r for r in records if r.id == at]
+        if not matches:
+            known = ", ".join(r.id for r in records[-5:])
+            raise TorporError(f"run {source.id} has no snapshot {at!r}; its newest: {known}")
+        pick = matches[0]
+    child = store.create_run(
+        source.workflow, road=source.road, input=source.input, queue=source.queue,
+        priority=source.priority, forked_from=source.id, source=source.source,
+    )  # fmt: skip
+    for entry in store.read(source.id):
+        if entry.seq > pick.seq:
+            break
+        store.append(child.id, entry.kind, entry.payload)
+    # The child lists the parent's snapshot as its own: the chunks are shared (content
+    # addressed), and its first claim restores it into a fresh copy-on-write sandbox.
+    store.add_snapshot(
+        dataclasses.replace(
+            pick,
+            id=f"{child.id}.s{pick.seq}.{secrets.token_hex(3)}",
+            run_id=child.id,
+            created_at=time.time(),
+            stored_bytes=0,
+            new_chunks=0,
+        )
+    )
+    store.append(child.id, "forked", {"from": source.id, "snapshot": pick.id, "seq": pick.seq})
     if not detach:
         _the_executor().claim(run_id=child.id)
     return Run(child.id, store)
