@@ -210,7 +210,6 @@ def test_run_reports_bad_targets_and_failures(cli: Cli, tmp_path: Path) -> None:
     _one_line_error(cli("run", f"{flow}:nothing"), "has no function 'nothing'", "boom")
     _one_line_error(cli("run", f"{tmp_path}/missing.py:main"), "no such file")
     _one_line_error(cli("run", f"{flow}:boom", '"x"'), "must be a JSON list")
-    _one_line_error(cli("run", f"{flow}:boom", "--road", "snapshot"), "snapshot road")
     broken = tmp_path / "broken.py"
     broken.write_text("import no_such_module_here\n")
     _one_line_error(cli("run", f"{broken}:main"), "importing", "ModuleNotFoundError")

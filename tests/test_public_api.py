@@ -5,6 +5,7 @@ import torpor
 EXPECTED = {
     "Agent",
     "AgentMaxTurnsError",
+    "Client",
     "tool",
     "ConfigError",
     "ContextLog",

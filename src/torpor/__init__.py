@@ -7,6 +7,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING, Any
+
 from ._config import Settings
 from ._errors import (
     ConfigError,
@@ -44,9 +46,13 @@ from .replay import (
 from .runtime import Run, Worker, cancel, configure, fork, resume, send, start
 from .store import Store, open_store
 
+if TYPE_CHECKING:
+    from .client import Client
+
 __all__ = [
     "Agent",
     "AgentMaxTurnsError",
+    "Client",
     "ConfigError",
     "ContextLog",
     "Event",
@@ -95,3 +101,12 @@ __all__ = [
     "wait_for_event",
     "workflow",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The HTTP client loads httpx2 (~0.1 s); workers and most scripts never use it.
+    if name == "Client":
+        from .client import Client
+
+        return Client
+    raise AttributeError(f"module 'torpor' has no attribute {name!r}")

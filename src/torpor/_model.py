@@ -58,6 +58,15 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def from_iso(text: str) -> float:
+    """The inverse of `iso` (to its millisecond precision)."""
+    return datetime.fromisoformat(text).timestamp()
+
+
+def _from_iso_or_none(text: str | None) -> float | None:
+    return None if text is None else from_iso(text)
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """One execution of a workflow function."""
@@ -108,6 +117,33 @@ class RunRecord:
             "wake_at": iso(self.wake_at) if self.wake_at else None,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRecord:
+        """The record `to_json` describes (HTTP clients); ``epoch`` and ``source`` are not
+        part of that form and come back as 0 and None."""
+        return cls(
+            id=data["id"],
+            workflow=data["workflow"],
+            road=Road(data["road"]),
+            status=RunStatus(data["status"]),
+            input=data.get("input"),
+            output=data.get("output"),
+            error=data.get("error"),
+            attempt=int(data["attempt"]),
+            queue=data.get("queue", "default"),
+            priority=int(data.get("priority", 0)),
+            parent_id=data.get("parent_id"),
+            forked_from=data.get("forked_from"),
+            created_at=from_iso(data["created_at"]),
+            updated_at=from_iso(data["updated_at"]),
+            lease_owner=data.get("lease_owner"),
+            lease_expires_at=_from_iso_or_none(data.get("lease_expires_at")),
+            epoch=0,
+            last_seq=int(data.get("log_length", 0)),
+            cancel_requested=bool(data.get("cancel_requested", False)),
+            wake_at=_from_iso_or_none(data.get("wake_at")),
+        )
+
 
 @dataclass(frozen=True)
 class LogEntry:
@@ -126,6 +162,17 @@ class LogEntry:
             "payload": self.payload,
             "created_at": iso(self.created_at),
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], run_id: str) -> LogEntry:
+        """The entry `to_json` describes, of run ``run_id`` (that form leaves the run out)."""
+        return cls(
+            run_id=run_id,
+            seq=int(data["seq"]),
+            kind=data["kind"],
+            payload=data.get("payload"),
+            created_at=from_iso(data["created_at"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -191,3 +238,20 @@ class SnapshotRecord:
             "dump_ms": self.dump_ms,
             "store_ms": self.store_ms,
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SnapshotRecord:
+        """The record `to_json` describes (HTTP clients)."""
+        return cls(
+            id=data["id"],
+            run_id=data["run_id"],
+            seq=int(data["seq"]),
+            manifest=data["manifest"],
+            created_at=from_iso(data["created_at"]),
+            raw_bytes=int(data["raw_bytes"]),
+            stored_bytes=int(data["stored_bytes"]),
+            chunks=int(data["chunks"]),
+            new_chunks=int(data["new_chunks"]),
+            dump_ms=float(data["dump_ms"]),
+            store_ms=float(data["store_ms"]),
+        )

@@ -98,9 +98,9 @@ class Run:
             record = self.record()
             if record.status.terminal:
                 return _outcome(record)
-            if _executor is not None and _claimable(record):
-                # Someone waits for it here: this process's embedded worker takes it again
-                # (a suspended run woken by its event, or one whose worker died).
+            if _executor is not None and _executor.executed(self.id) and _claimable(record):
+                # A run this process started and parked or suspended, now due (its event
+                # came): take it again here, since the caller waits for it in this process.
                 _executor.claim(run_id=self.id)
             if end is not None and time.monotonic() >= end:
                 raise TimeoutError(
@@ -142,12 +142,12 @@ class Run:
 
 
 def _claimable(record: RunRecord) -> bool:
-    now = time.time()
-    if record.lease_owner is None:
-        if record.status is RunStatus.QUEUED:
-            return True
-        return record.wake_at is not None and record.wake_at <= now
-    return record.lease_expires_at is not None and record.lease_expires_at < now
+    if record.lease_owner is not None:
+        return False
+    if record.status is RunStatus.QUEUED:  # released, e.g. after its sandbox died
+        return True
+    due = record.wake_at is not None and record.wake_at <= time.time()
+    return record.status in (RunStatus.WAITING, RunStatus.SUSPENDED) and due
 
 
 def _outcome(

@@ -55,6 +55,7 @@ class Executor:
         self._pool = ThreadPoolExecutor(max_workers=_MAX_THREADS, thread_name_prefix="torpor-run")
         self._futures: dict[str, Future[None]] = {}
         self._finished: dict[str, threading.Event] = {}
+        self._seen: set[str] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._heartbeat = threading.Thread(
@@ -77,9 +78,15 @@ class Executor:
 
     def submit(self, run: RunRecord) -> None:
         with self._lock:
+            self._seen.add(run.id)
             self._active[run.id] = run
             self._finished[run.id] = threading.Event()
             self._futures[run.id] = self._pool.submit(self._execute, run)
+
+    def executed(self, run_id: str) -> bool:
+        """Whether this executor has executed (part of) the run."""
+        with self._lock:
+            return run_id in self._seen
 
     def finished(self, run_id: str) -> threading.Event | None:
         """Set when this process stops executing the run (ended, parked or released)."""

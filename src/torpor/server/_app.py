@@ -1,0 +1,384 @@
+"""The HTTP API over one store: `create_app(store, token)`.
+
+The server enqueues runs and reads and changes their state; `torpor worker` processes
+execute them. Every endpoint under ``/v1`` and ``/metrics`` needs the bearer token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response, Security
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPBearer
+
+from .. import __version__
+from .. import runtime as _runtime
+from .._errors import TorporError, WorkflowNotFoundError
+from .._model import RunStatus, SnapshotRecord
+from ..replay._engine import encode_input
+from ..replay._registry import WorkflowDef, load_source, lookup_workflow, register_workflow
+from ..replay._steps import workflow_def
+from ..store import Store
+from ._auth import check_bearer
+from ._errors import ApiError, BodyLimit, install_error_handlers
+from ._metrics import StoreMetrics
+from ._schemas import (
+    MAX_INT,
+    NAME_PATTERN,
+    ErrorOut,
+    EventOut,
+    ForkRequest,
+    HealthOut,
+    LogEntryOut,
+    RunOut,
+    SnapshotOut,
+    StartRequest,
+)
+
+__all__ = ["CHECKPOINT", "create_app"]
+
+# `torpor snapshot` over HTTP: the snapshot road's "checkpoint this run now". Until it exists
+# the endpoint answers 501; wiring it is setting this to that function.
+CHECKPOINT: Callable[[Store, str], SnapshotRecord] | None = None
+
+# Envelope room beyond the store's payload limit, so an oversized *payload* reaches the
+# store and gets its precise PayloadTooLargeError.
+_BODY_OVERHEAD = 64 * 1024
+
+_import_lock = threading.Lock()
+
+# One event of the log stream (before OpenAPI 3.2, an event stream's schema is per event).
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["entry", "end"]},
+        "id": {"type": "string", "description": "entry: the entry's seq."},
+        "data": {
+            "type": "string",
+            "description": "entry: the entry as JSON, {seq, kind, payload, created_at}; end: "
+            '{"status": the run\'s final status}.',
+        },
+    },
+}
+
+# Declares the scheme in the OpenAPI schema; `authenticate` checks the header itself, to
+# tell a missing token (401) from a wrong one (403).
+_BEARER = HTTPBearer(auto_error=False, description="The token `torpor server` printed.")
+
+RunIdPath = Annotated[str, PathParam(min_length=1, max_length=1000, pattern=NAME_PATTERN)]
+EventNamePath = Annotated[str, PathParam(min_length=1, max_length=1000, pattern=NAME_PATTERN)]
+
+# The event endpoint reads its body itself (any JSON value, or none), so it declares it here.
+_PAYLOAD_BODY = {
+    "required": False,
+    "description": "The payload: any JSON value (no body: null).",
+    "content": {"application/json": {"schema": {}}},
+}
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text}
+    for code, text in (
+        (400, "Malformed request (invalid JSON, a refused value)."),
+        (401, "No bearer token."),
+        (403, "Wrong bearer token."),
+        (404, "No such run."),
+        (409, "The run's state forbids it (e.g. it has ended)."),
+        (413, "Body or payload over the size limit."),
+        (415, "The body is not sent as application/json."),
+        (422, "A field is missing or has the wrong type or range."),
+        (503, "The store is unavailable."),
+    )
+}
+
+
+def create_app(store: Store, token: str, *, max_body_bytes: int | None = None) -> FastAPI:
+    """The API over ``store``; requests must carry ``Authorization: Bearer <token>``.
+
+    Bodies over ``max_body_bytes`` (default: the store's payload limit plus 64 KiB) get 413.
+    """
+    if not token:
+        raise TorporError("the API token is empty; set TORPOR_API_TOKEN or let torpor make one")
+    app = FastAPI(
+        title="torpor",
+        version=__version__,
+        description="Durable execution for long-running LLM agents: runs, their context "
+        "logs, events and snapshots. Authenticate with `Authorization: Bearer <token>`.",
+        docs_url=None,  # the interactive pages load scripts from a CDN; the schema suffices
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=max_body_bytes or store.max_payload_bytes + _BODY_OVERHEAD)
+    metrics = StoreMetrics(store)
+
+    def authenticate(request: Request, _: Annotated[Any, Security(_BEARER)] = None) -> None:
+        ok = check_bearer(request.headers.get("authorization"), token)
+        if ok is None:
+            raise ApiError(
+                401,
+                "Unauthorized",
+                "this endpoint needs 'Authorization: Bearer <token>'; the token is in "
+                "TORPOR_API_TOKEN or $TORPOR_HOME/api-token on the server's machine",
+            )
+        if not ok:
+            raise ApiError(403, "Forbidden", "the bearer token is wrong")
+
+    @app.get(
+        "/healthz",
+        response_model=HealthOut,
+        tags=["service"],
+        responses={503: {"model": HealthOut, "description": "The store is unavailable."}},
+    )
+    def healthz() -> Any:
+        """Liveness and store reachability; needs no token."""
+        try:
+            store.schema_version()
+        except Exception:
+            return Response(
+                json.dumps({"status": "unavailable", "version": __version__}),
+                status_code=503,
+                media_type="application/json",
+            )
+        return {"status": "ok", "version": __version__}
+
+    @app.get(
+        "/metrics",
+        tags=["service"],
+        dependencies=[Depends(authenticate)],
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+                "description": "Prometheus text exposition format.",
+            },
+            **_ERRORS,
+        },
+    )
+    def metrics_endpoint() -> Response:
+        """Runs by status, bytes stored, snapshot and step latencies (Prometheus text)."""
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=_ERRORS)
+
+    @v1.post("/runs", response_model=RunOut, status_code=201, tags=["runs"])
+    def start_run(body: StartRequest) -> Any:
+        """Enqueue a run of a workflow; `torpor worker` processes execute it."""
+        wf = _resolve_workflow(body.workflow)
+        data = encode_input(tuple(body.args), body.kwargs)
+        run = store.create_run(
+            wf.name,
+            road=body.road,
+            input=data,
+            queue=body.queue,
+            priority=body.priority,
+            source=wf.source,
+        )
+        return run.to_json()
+
+    @v1.get("/runs", response_model=list[RunOut], tags=["runs"])
+    def list_runs(
+        status: Annotated[list[RunStatus] | None, Query(description="Only these (repeat).")] = None,
+        limit: Annotated[int | None, Query(ge=1, le=MAX_INT, description="Newest N.")] = None,
+    ) -> Any:
+        """Runs, newest first (all statuses unless ``status`` is given)."""
+        return [r.to_json() for r in store.list_runs(statuses=status or None, limit=limit)]
+
+    @v1.get("/runs/{run_id}", response_model=RunOut, tags=["runs"])
+    def get_run(run_id: RunIdPath) -> Any:
+        return store.get_run(run_id).to_json()
+
+    @v1.get("/runs/{run_id}/log", response_model=list[LogEntryOut], tags=["log"])
+    def read_log(
+        run_id: RunIdPath,
+        after: Annotated[int, Query(ge=0, le=MAX_INT, description="Entries after this seq.")] = 0,
+        limit: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None,
+    ) -> Any:
+        """A run's context log, in order."""
+        return [e.to_json() for e in store.read(run_id, after=after, limit=limit)]
+
+    @v1.get(
+        "/runs/{run_id}/log/stream",
+        tags=["log"],
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"text/event-stream": {"schema": _SSE_EVENT}},
+                "description": "Server-sent events: `entry` per log entry (id: its "
+                "seq, data: the entry as JSON), then `end` when the run ends.",
+            }
+        },
+    )
+    async def stream_log(
+        run_id: RunIdPath,
+        after: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+        last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
+    ) -> StreamingResponse:
+        """Follow a run's log: entries as they land; the stream ends when the run ends."""
+        if last_event_id and last_event_id.isdigit():  # an EventSource reconnecting
+            after = max(after, min(int(last_event_id), MAX_INT))
+        await run_in_threadpool(store.get_run, run_id)  # 404 now, not inside the stream
+        return StreamingResponse(
+            _sse(store, run_id, after),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @v1.post(
+        # `:path`: an event name may hold a slash (sent as %2F, which routing decodes).
+        "/runs/{run_id}/events/{name:path}",
+        response_model=EventOut,
+        status_code=201,
+        tags=["events"],
+        openapi_extra={"requestBody": _PAYLOAD_BODY},
+    )
+    async def send_event(run_id: RunIdPath, name: EventNamePath, request: Request) -> Any:
+        """Deliver event ``name`` to a run (it may be waiting for it, or wait later)."""
+        payload = _parse_json(await request.body())
+        event = await run_in_threadpool(store.send_event, run_id, name, payload)
+        return event.to_json()
+
+    @v1.post("/runs/{run_id}/cancel", response_model=RunOut, tags=["runs"])
+    def cancel_run(run_id: RunIdPath) -> Any:
+        """Cancel at once, or at the next step boundary if a worker executes the run."""
+        return store.cancel_run(run_id).to_json()
+
+    @v1.post("/runs/{run_id}/fork", response_model=RunOut, status_code=201, tags=["runs"])
+    def fork_run(run_id: RunIdPath, body: ForkRequest | None = None) -> Any:
+        """A new run reusing the recorded results of calls before ``at``; workers execute it."""
+        at = body.at if body is not None else None
+        child = _runtime.fork(run_id, at, detach=True, store=store)
+        return store.get_run(child.id).to_json()
+
+    @v1.post("/runs/{run_id}/resume", response_model=RunOut, tags=["runs"])
+    def resume_run(run_id: RunIdPath) -> Any:
+        """Queue a failed or cancelled run again; recorded results are kept."""
+        _runtime.resume(run_id, detach=True, store=store)
+        return store.get_run(run_id).to_json()
+
+    @v1.get("/runs/{run_id}/snapshots", response_model=list[SnapshotOut], tags=["snapshots"])
+    def list_snapshots(run_id: RunIdPath) -> Any:
+        return [s.to_json() for s in store.list_snapshots(run_id)]
+
+    @v1.post(
+        "/runs/{run_id}/snapshot",
+        response_model=SnapshotOut,
+        status_code=201,
+        tags=["snapshots"],
+        responses={501: {"model": ErrorOut, "description": "Not in this version."}},
+    )
+    def checkpoint(run_id: RunIdPath) -> Any:
+        """Checkpoint a snapshot-road run now."""
+        store.get_run(run_id)
+        if CHECKPOINT is None:
+            raise ApiError(
+                501,
+                "NotImplemented",
+                "checkpointing over HTTP is not available in this version of torpor yet",
+            )
+        return CHECKPOINT(store, run_id).to_json()
+
+    app.include_router(v1)
+    return app
+
+
+def _parse_json(body: bytes) -> Any:
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "InvalidJSON", f"the request body is not UTF-8: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            400,
+            "InvalidJSON",
+            f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} column "
+            f'{exc.colno}); send a JSON value, e.g. {{"ok": true}} or "yes"',
+        ) from None
+
+
+def _resolve_workflow(name: str) -> WorkflowDef:
+    """A registered workflow, or FILE:FUNC imported as `torpor run` does."""
+    file, sep, func = name.rpartition(":")
+    if not sep:
+        try:
+            return lookup_workflow(name)
+        except WorkflowNotFoundError:
+            raise _unloadable(
+                name,
+                "it is not registered in the server; give it as FILE:FUNC, or start the "
+                "server with --import MODULE_OR_FILE",
+            ) from None
+    if not file or not func:
+        raise _unloadable(name, "give the workflow as FILE:FUNC, e.g. agent.py:main")
+    path = Path(file).resolve()
+    if not path.is_file() or path.suffix != ".py":
+        raise _unloadable(name, f"{file} is not a Python file on the server's machine")
+    # Importing mutates sys.modules and sys.path: one import at a time.
+    with _import_lock:
+        try:
+            load_source({"file": str(path)})
+        except (Exception, SystemExit) as exc:
+            raise _unloadable(
+                name, f"importing {file} failed: {type(exc).__name__}: {exc}"
+            ) from None
+        module = sys.modules[path.stem]
+        fn = getattr(module, func, None)
+        if not callable(fn):
+            raise _unloadable(name, f"{file} has no function {func!r}")
+        return workflow_def(fn) or register_workflow(fn, None)
+
+
+def _unloadable(name: str, reason: str) -> ApiError:
+    # WorkflowNotFoundError's own message advises about workers; this one is the server's.
+    return ApiError(
+        422,
+        "WorkflowNotFoundError",
+        f"workflow {name!r} cannot be loaded: {reason}",
+        workflow=name,
+        reason=reason,
+    )
+
+
+async def _sse(store: Store, run_id: str, after: int) -> AsyncIterator[str]:
+    """Server-sent events of a run's log, polling the store as `Store.follow` does.
+
+    Store reads run in threads; the waits between them are asyncio sleeps, so a client that
+    goes away cancels the stream at once instead of leaving a thread blocked in a poll.
+    """
+    delay, poll, quiet = 0.05, 0.05, 0.0
+    while True:
+        entries = await run_in_threadpool(store.read, run_id, after, 1000)
+        for entry in entries:
+            after = entry.seq
+            data = json.dumps(entry.to_json(), ensure_ascii=False)
+            yield f"id: {entry.seq}\nevent: entry\ndata: {data}\n\n"
+        if entries:
+            delay, quiet = poll, 0.0
+            continue
+        run = await run_in_threadpool(store.get_run, run_id)
+        if run.status.terminal:
+            # Entries may have landed between the read and the status check.
+            for entry in await run_in_threadpool(store.read, run_id, after):
+                after = entry.seq
+                data = json.dumps(entry.to_json(), ensure_ascii=False)
+                yield f"id: {entry.seq}\nevent: entry\ndata: {data}\n\n"
+            yield f"event: end\ndata: {json.dumps({'status': run.status.value})}\n\n"
+            return
+        await asyncio.sleep(delay)
+        quiet += delay
+        delay = min(delay * 2, 1.0)
+        if quiet >= 15.0:
+            # A comment line keeps proxies from closing an idle stream and lets the server
+            # notice a client that went away.
+            quiet = 0.0
+            yield ": keep-alive\n\n"
