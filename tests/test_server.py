@@ -181,7 +181,7 @@ def test_client_mirrors_the_store(live: Live, store: Store) -> None:
         assert store.get_run(forked.id).workflow == "waits.approval"
 
         assert client.snapshots(run.id) == []
-        with pytest.raises(TorporError, match="not available"):
+        with pytest.raises(TorporError, match="replay road"):
             client.checkpoint(run.id)
         assert client.health()["status"] == "ok"
 
@@ -213,8 +213,8 @@ def test_raw_http_endpoints_and_field_names(live: Live, http: httpx2.Client, sto
     fork = http.post(f"/v1/runs/{run_id}/fork")  # no body: fork after all recorded calls
     assert fork.status_code == 201 and fork.json()["forked_from"] == run_id
     assert http.get(f"/v1/runs/{run_id}/snapshots").json() == []
-    not_yet = http.post(f"/v1/runs/{run_id}/snapshot")
-    assert not_yet.status_code == 501 and "not available" in not_yet.json()["error"]["message"]
+    replay = http.post(f"/v1/runs/{run_id}/snapshot")  # a replay-road run has no snapshots
+    assert replay.status_code in (400, 409) and "replay road" in replay.json()["error"]["message"]
 
 
 def test_bad_input_gets_a_4xx_with_a_clear_message(

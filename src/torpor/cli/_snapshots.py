@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 
 import click
 
 from .._config import Settings
-from .._errors import TorporError
-from .._model import Road, RunStatus
-from ..runtime._snapshot_road import CHECKPOINT_EVENT
+from ..runtime._snapshot_road import checkpoint_now
 from ..store import Store, open_store
 
 __all__ = ["snapshot", "snapshots"]
@@ -27,34 +24,11 @@ def _open() -> Store:
 def snapshot(run_id: str, wait_s: float) -> None:
     """Checkpoint a running snapshot-road run now (its worker dumps it at once)."""
     with _open() as store:
-        run = store.get_run(run_id)
-        if run.road is not Road.SNAPSHOT:
-            raise TorporError(
-                f"run {run_id} is on the replay road: its journal is its state, it has no "
-                "snapshots (start runs with --road snapshot)"
-            )
-        before = store.list_snapshots(run_id)
-        if run.status is RunStatus.SUSPENDED and before:
-            click.echo(f"{run_id} is suspended; its state is snapshot {before[-1].id}")
-            return
-        if run.status is not RunStatus.RUNNING:
-            raise TorporError(f"run {run_id} is {run.status.value}: only a running run is dumped")
-        store.send_event(run_id, CHECKPOINT_EVENT, {"requested_at": time.time()})
-        end = time.monotonic() + wait_s
-        while time.monotonic() < end:
-            now = store.list_snapshots(run_id)
-            if len(now) > len(before):
-                made = now[-1]
-                click.echo(
-                    f"{made.id}: log seq {made.seq}, {made.raw_bytes / 1e6:.1f} MB raw, "
-                    f"{made.stored_bytes / 1e3:.0f} kB new, dump {made.dump_ms:.0f} ms, "
-                    f"store {made.store_ms:.0f} ms"
-                )
-                return
-            time.sleep(0.2)
-    raise TorporError(
-        f"no snapshot of {run_id} within {wait_s:g} s; the request stays queued for its "
-        "worker (`torpor snapshots` lists what was made)"
+        made = checkpoint_now(store, run_id, timeout=wait_s)
+    click.echo(
+        f"{made.id}: log seq {made.seq}, {made.raw_bytes / 1e6:.1f} MB raw, "
+        f"{made.stored_bytes / 1e3:.0f} kB new, dump {made.dump_ms:.0f} ms, "
+        f"store {made.store_ms:.0f} ms"
     )
 
 

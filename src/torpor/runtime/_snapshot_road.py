@@ -30,15 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from .._config import Settings
-from .._errors import FencedError, RunNotFoundError, TorporError
-from .._model import Road, RunRecord, RunStatus
+from .._errors import FencedError, RunNotFoundError, RunStateError, TorporError
+from .._model import Road, RunRecord, RunStatus, SnapshotRecord
 from ..gateway._client import record_to_wire
 from ..gateway._protocol import GATEWAY_ENV
 from ..gateway._server import GatewayServer
 from ..replay._codec import encode_error
 from ..store import Store
 
-__all__ = ["CHECKPOINT_EVENT", "SnapshotRoadRun", "checkpoint_policy"]
+__all__ = ["CHECKPOINT_EVENT", "SnapshotRoadRun", "checkpoint_now", "checkpoint_policy"]
 
 log = logging.getLogger("torpor.worker")
 
@@ -46,6 +46,35 @@ log = logging.getLogger("torpor.worker")
 CHECKPOINT_EVENT = "torpor.checkpoint"
 _SOCKET = "gateway.sock"
 _INSIDE = "/run/torpor/" + _SOCKET
+
+
+def checkpoint_now(store: Store, run_id: str, timeout: float = 60.0) -> SnapshotRecord:
+    """Ask the worker executing a snapshot-road run to checkpoint it; the new snapshot.
+
+    A suspended run's state already is its newest snapshot, which is returned.
+    """
+    run = store.get_run(run_id)
+    if run.road is not Road.SNAPSHOT:
+        raise TorporError(
+            f"run {run_id} is on the replay road: its journal is its state, it has no "
+            "snapshots (start runs with road='snapshot')"
+        )
+    before = store.list_snapshots(run_id)
+    if run.status is RunStatus.SUSPENDED and before:
+        return before[-1]
+    if run.status is not RunStatus.RUNNING:
+        raise RunStateError(run_id, run.status.value, "checkpoint it (only a running run is)")
+    store.send_event(run_id, CHECKPOINT_EVENT, {"requested_at": time.time()})
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        now = store.list_snapshots(run_id)
+        if len(now) > len(before):
+            return now[-1]
+        time.sleep(0.2)
+    raise TorporError(
+        f"no snapshot of {run_id} within {timeout:g} s; the request stays queued for its "
+        "worker (`torpor snapshots` lists what was made)"
+    )
 
 
 def checkpoint_policy() -> tuple[str, float]:

@@ -27,6 +27,7 @@ from .._model import RunStatus, SnapshotRecord
 from ..replay._engine import encode_input
 from ..replay._registry import WorkflowDef, load_source, lookup_workflow, register_workflow
 from ..replay._steps import workflow_def
+from ..runtime._snapshot_road import checkpoint_now
 from ..store import Store
 from ._auth import check_bearer
 from ._errors import ApiError, BodyLimit, install_error_handlers
@@ -46,9 +47,8 @@ from ._schemas import (
 
 __all__ = ["CHECKPOINT", "create_app"]
 
-# `torpor snapshot` over HTTP: the snapshot road's "checkpoint this run now". Until it exists
-# the endpoint answers 501; wiring it is setting this to that function.
-CHECKPOINT: Callable[[Store, str], SnapshotRecord] | None = None
+# `torpor snapshot` over HTTP: the snapshot road's "checkpoint this run now" (None answers 501).
+CHECKPOINT: Callable[[Store, str], SnapshotRecord] | None = checkpoint_now
 
 # Envelope room beyond the store's payload limit, so an oversized *payload* reaches the
 # store and gets its precise PayloadTooLargeError.
