@@ -3,9 +3,10 @@ Messages. Keys come from the environment and are never logged or recorded."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import TorporError
@@ -43,6 +44,8 @@ class Provider:
     base_url: str | None = None
     max_tokens: int = 4096
     timeout: float = 600.0
+    # One SDK client per provider and key: building one costs tens of milliseconds.
+    _clients: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def for_model(cls, model: str, base_url: str | None = None, **kwargs: Any) -> Provider:
@@ -68,25 +71,33 @@ class Provider:
         self.check_key()
         key = os.environ[_KEYS[self.provider]]
         conversation = items_from_json(list(items))
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = self._make_client(key)
+        if self.provider == "openai":
+            body = openai_request(self.model, system, conversation, list(tools), self.max_tokens)
+            response = client.chat.completions.create(**body)
+            return openai_reply(response.model_dump())
+        body = anthropic_request(self.model, system, conversation, list(tools), self.max_tokens)
+        message = client.messages.create(**body)
+        return anthropic_reply(message.model_dump())
+
+    def _make_client(self, key: str) -> Any:
+        # The SDKs' own retries are off: torpor's step retries are the one retry layer.
         if self.provider == "openai":
             import openai
 
-            oa = openai.OpenAI(
+            return openai.OpenAI(
                 api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout
             )
-            body = openai_request(self.model, system, conversation, list(tools), self.max_tokens)
-            response = oa.chat.completions.create(**body)
-            return openai_reply(response.model_dump())
         import anthropic
 
-        an = anthropic.Anthropic(
+        return anthropic.Anthropic(
             api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout
         )
-        body = anthropic_request(self.model, system, conversation, list(tools), self.max_tokens)
-        message = an.messages.create(**body)
-        return anthropic_reply(message.model_dump())
 
 
+@functools.cache
 def non_retryable_errors() -> tuple[type[BaseException], ...]:
     """SDK errors that no retry fixes: bad keys, bad requests, unknown models."""
     errors: list[type[BaseException]] = [ModelConfigError]

@@ -51,7 +51,13 @@ class GatewayServer:
             self.quiescing.clear()
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.path.unlink(missing_ok=True)
-            listener.bind(str(self.path))
+            # A socket path is limited to 107 bytes, and sandboxes can live deep in the
+            # filesystem: bind through a descriptor of the directory, a short path.
+            folder = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                listener.bind(f"/proc/self/fd/{folder}/{self.path.name}")
+            finally:
+                os.close(folder)
             os.chmod(self.path, 0o600)
             listener.listen(16)
             self._listener = listener

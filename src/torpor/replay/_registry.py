@@ -64,8 +64,18 @@ def register_workflow(fn: Callable[..., Any], name: str | None) -> WorkflowDef:
     return wf
 
 
+# Imports of workflow code are serialized: a module is in sys.modules before it finished
+# executing, and a second thread must not take the half-made module for the loaded one.
+_load_lock = threading.RLock()
+
+
 def load_source(source: dict[str, str]) -> None:
     """Import the module or file a workflow was registered from."""
+    with _load_lock:
+        _load_source(source)
+
+
+def _load_source(source: dict[str, str]) -> None:
     if "module" in source:
         try:
             importlib.import_module(source["module"])

@@ -114,8 +114,9 @@ class Executor:
                 spawn=self.spawn,
                 on_context=self._track,
             )
-        except Exception:
-            log.exception("run %s: the executor failed; the lease will expire", run.id)
+        except Exception as exc:
+            log.exception("run %s: the executor failed", run.id)
+            self._give_back(run, exc)
         finally:
             with self._lock:
                 self._active.pop(run.id, None)
@@ -124,6 +125,33 @@ class Executor:
                 finished = self._finished.pop(run.id, None)
             if finished is not None:
                 finished.set()
+
+    def _give_back(self, run: RunRecord, exc: Exception) -> None:
+        """After a failure of torpor's own (not the workflow's): retry elsewhere, or after
+        three attempts fail the run, rather than leave it to a lease that may be long."""
+        from .._model import RunStatus
+        from ..replay._codec import encode_error
+
+        message = f"{type(exc).__name__}: {exc}"
+        try:
+            if run.attempt >= 3:
+                self.store.update_run(
+                    run.id,
+                    run.epoch,
+                    status=RunStatus.FAILED,
+                    error=encode_error(exc),
+                    entry=("failed", {"message": message}),
+                )
+            else:
+                self.store.update_run(
+                    run.id,
+                    run.epoch,
+                    status=RunStatus.QUEUED,
+                    release=True,
+                    entry=("executor_failed", {"message": message}),
+                )
+        except Exception:
+            log.warning("run %s: could not give the run back", run.id, exc_info=True)
 
     def _track(self, ctx: WorkflowContext) -> None:
         with self._lock:

@@ -160,10 +160,13 @@ class SnapshotRoadRun:
                 },
             )
         self.server = GatewayServer(self.box.directory / "run" / _SOCKET, self._handle)
-        self.server.open()
-        if restored_dir is not None:
-            self._continue_stopped()
         try:
+            self.server.open()
+            if restored_dir is not None:
+                self._continue_stopped()
+            # The checkpoint interval counts from when the sandbox runs, not from the
+            # claim: a slow restore must not be followed at once by a needless checkpoint.
+            self._last_checkpoint = time.monotonic()
             return self._supervise()
         finally:
             self.server.close()
