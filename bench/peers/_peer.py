@@ -112,3 +112,23 @@ def run(result: Result, body: Callable[[Result], Any]) -> int:
             traceback.print_exc(file=sys.stderr)
             result.error = f"{type(exc).__name__}: {exc}".strip()
         return emit(result, out)
+
+
+def measure(result: Result, args: Any, call: Callable[[int], int], label: str) -> None:
+    """The same timed loop for every peer: warm up, then per repetition an empty workflow
+    (median of 11), one of ``--steps`` steps, and ``--workflows`` two-step workflows.
+    ``call(n)`` runs a workflow of n steps to its result, which must be n."""
+    for _ in range(20):
+        call(2)
+    assert call(50) == 50
+    for rep in range(args.repeat):
+        empty = median_time(lambda: call(0), 11)
+        long = timed(lambda: call(args.steps))
+        result.add_long(long, empty)
+        many = timed(lambda: [call(2) for _ in range(args.workflows)])
+        result.add_many(many)
+        progress(
+            f"  {label} rep {rep + 1}: {args.steps} steps {long:.3f}s (empty "
+            f"{empty * 1e3:.2f} ms, {result.per_step_us[-1]:.0f} us/step); {args.workflows} "
+            f"workflows {many:.3f}s ({result.workflows_per_second[-1]:.0f}/s)"
+        )

@@ -99,21 +99,8 @@ def _measure(result: _peer.Result, args: Any, workdir: Path) -> None:
     try:
         result.durability = _durability(dbos._sys_db.engine, args.backend)
         _peer.progress(f"dbos {result.version['dbos']} on {args.backend}: {result.durability}")
-        # Warm up: migrations done, pool filled, code paths hot, before anything is timed.
-        for _ in range(20):
-            steps_workflow(2)
-        assert steps_workflow(50) == 50
-        for rep in range(args.repeat):
-            empty = _peer.median_time(lambda: steps_workflow(0), 11)
-            long = _peer.timed(lambda: steps_workflow(args.steps))
-            result.add_long(long, empty)
-            many = _peer.timed(lambda: [steps_workflow(2) for _ in range(args.workflows)])
-            result.add_many(many)
-            _peer.progress(
-                f"  rep {rep + 1}: {args.steps} steps {long:.3f}s (empty {empty * 1e3:.2f} ms, "
-                f"{result.per_step_us[-1]:.0f} us/step); {args.workflows} workflows {many:.3f}s "
-                f"({result.workflows_per_second[-1]:.0f}/s)"
-            )
+        # Warm-up inside: migrations done, pool filled, code paths hot before any timing.
+        _peer.measure(result, args, steps_workflow, "dbos")
     finally:
         DBOS.destroy()
 

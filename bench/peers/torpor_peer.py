@@ -70,20 +70,7 @@ def _measure(result: _peer.Result, args: Any, workdir: Path) -> None:
     try:
         result.durability = _durability(store, args.backend)
         _peer.progress(f"torpor {result.version['torpor']} on {args.backend}: {result.durability}")
-        for _ in range(20):
-            _call(2)
-        assert _call(50) == 50
-        for rep in range(args.repeat):
-            empty = _peer.median_time(lambda: _call(0), 11)
-            long = _peer.timed(lambda: _call(args.steps))
-            result.add_long(long, empty)
-            many = _peer.timed(lambda: [_call(2) for _ in range(args.workflows)])
-            result.add_many(many)
-            _peer.progress(
-                f"  rep {rep + 1}: {args.steps} steps {long:.3f}s (empty {empty * 1e3:.2f} ms, "
-                f"{result.per_step_us[-1]:.0f} us/step); {args.workflows} workflows {many:.3f}s "
-                f"({result.workflows_per_second[-1]:.0f}/s)"
-            )
+        _peer.measure(result, args, _call, "torpor")
     finally:
         store.close()
 

@@ -19,7 +19,7 @@ from ..replay._registry import load_source, register_workflow
 from ..replay._steps import workflow_def
 from ..store import open_store
 
-__all__ = ["fork", "resume", "run", "worker"]
+__all__ = ["fork", "import_all", "resume", "run", "worker"]
 
 
 def _load_target(target: str) -> str:
@@ -44,6 +44,19 @@ def _load_target(target: str) -> str:
         raise click.ClickException(f"{file} has no function {func!r}{hint}")
     wf = workflow_def(fn) or register_workflow(fn, None)
     return wf.name
+
+
+def import_all(imports: tuple[str, ...]) -> None:
+    """The --import options of `worker` and `server`: modules, or files ending in .py."""
+    sys.path.insert(0, os.getcwd())
+    for item in imports:
+        source = {"file": str(Path(item).resolve())} if item.endswith(".py") else {"module": item}
+        try:
+            load_source(source)
+        except Exception as exc:
+            raise click.ClickException(
+                f"--import {item} failed: {type(exc).__name__}: {exc}"
+            ) from None
 
 
 def _parse_args(args_json: str | None) -> tuple[list[Any], dict[str, Any]]:
@@ -128,15 +141,7 @@ def worker(
     """Claim and execute runs until stopped (SIGTERM or Ctrl-C: runs are released at their
     next step boundary; a second signal exits at once)."""
     configure_logging()  # text, or JSON lines with --log-format json
-    sys.path.insert(0, os.getcwd())
-    for item in imports:
-        source = {"file": str(Path(item).resolve())} if item.endswith(".py") else {"module": item}
-        try:
-            load_source(source)
-        except Exception as exc:
-            raise click.ClickException(
-                f"--import {item} failed: {type(exc).__name__}: {exc}"
-            ) from None
+    import_all(imports)
     settings = Settings.from_env()
     store = open_store(settings=settings)
     w = runtime.Worker(

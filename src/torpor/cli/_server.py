@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import socket
-import sys
-from pathlib import Path
 
 import click
 
 from .._config import Settings, redact_url
 from .._errors import ConfigError
 from .._logging import LOG_FORMATS, configure_logging
-from ..replay._registry import load_source
 from ..store import open_store
+from ._runs import import_all
 
 __all__ = ["server"]
 
@@ -70,15 +67,7 @@ def server(host: str, port: int, imports: tuple[str, ...], log_format: str | Non
     from ..server import create_app, load_or_create_token
 
     configure_logging(log_format)
-    sys.path.insert(0, os.getcwd())
-    for item in imports:
-        source = {"file": str(Path(item).resolve())} if item.endswith(".py") else {"module": item}
-        try:
-            load_source(source)
-        except Exception as exc:
-            raise click.ClickException(
-                f"--import {item} failed: {type(exc).__name__}: {exc}"
-            ) from None
+    import_all(imports)
     settings = Settings.from_env()
     token, origin = load_or_create_token(settings.home)
     store = open_store(settings=settings)
