@@ -43,12 +43,16 @@ def test_find_criu_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     settings = Settings(home=home, database_url="sqlite:///x", blob_url="file:///x")
     on_path = _fake_criu(tmp_path / "bin", "3.17.1")
     monkeypatch.setenv("PATH", f"{on_path.parent}:/usr/bin:/bin")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))  # nothing provisioned in ~/.torpor
     monkeypatch.delenv("TORPOR_CRIU", raising=False)
     with pytest.raises(CriuNotFoundError, match=r"criu 3\.17\.1, older than 4\.2") as err:
         find_criu(settings)
     assert "scripts/provision-criu" in err.value.message
     _fake_criu(tmp_path / "bin", "4.2.1")
     assert find_criu(settings).source == "PATH"
+    # scripts/setup provisions into the default home; another TORPOR_HOME still finds it.
+    default = _fake_criu(tmp_path / "user" / ".torpor" / "criu" / "bin", "4.2.2")
+    assert find_criu(settings) == Criu(str(default), "4.2.2", "~/.torpor")
     provisioned = _fake_criu(home / "criu" / "bin", "4.3")
     assert find_criu(settings) == Criu(str(provisioned), "4.3", "TORPOR_HOME")
     monkeypatch.setenv("TORPOR_CRIU", str(_fake_criu(tmp_path / "explicit", "4.2")))
@@ -62,6 +66,7 @@ def test_find_criu_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 def test_doctor_without_criu_warns_but_passes(tmp_path: Path) -> None:
     env = torpor_env(f"sqlite://{tmp_path / 'db'}", tmp_path / "home")
     env["PATH"] = "/usr/bin:/bin"  # no criu there on the machines this runs on
+    env["HOME"] = str(tmp_path / "user")  # and none provisioned in ~/.torpor
     result = Cli(env)("doctor")
     assert "WARN  criu" in result.out and "snapshot road unavailable" in result.out
     assert "fix: run scripts/provision-criu" in result.out
