@@ -145,6 +145,7 @@ class SnapshotRoadRun:
                 [sys.executable, "-m", "torpor.gateway._runner"],
                 env={GATEWAY_ENV: _INSIDE, "TORPOR_SANDBOXED": "1"},
                 settings=self.settings,
+                share=self._code_paths(),
             )
         else:
             self.box = restored.sandbox
@@ -175,6 +176,15 @@ class SnapshotRoadRun:
             self.box.teardown()
             if restored_dir is not None:
                 shutil.rmtree(restored_dir, ignore_errors=True)
+
+    def _code_paths(self) -> list[str]:
+        """What the runner must see of the host: this Python and torpor, and the
+        workflow's own code (the sandbox's /tmp is private, and projects live anywhere)."""
+        paths = [sys.prefix, os.path.realpath(sys.executable), *(p for p in sys.path if p)]
+        source = self.run.source or {}
+        if "file" in source:
+            paths.append(source["file"])
+        return paths
 
     def _supervise(self) -> RunStatus | None:
         next_request_check = time.monotonic() + 1.0

@@ -11,6 +11,7 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from .._errors import SandboxError
@@ -64,18 +65,30 @@ def require_privileges(sandbox_id: str) -> None:
         )
 
 
-def prepare_root_layer(upper: Path) -> None:
+def prepare_root_layer(upper: Path, base: Path = Path("/"), keep: Sequence[str] = ()) -> None:
     """Give a new root layer its private ``/dev`` (device nodes only) and ``/tmp``.
 
-    Both are opaque directories: overlayfs then hides the base root's own ``/dev`` and
-    ``/tmp`` below them.
+    ``/dev`` is an opaque directory: overlayfs hides the base root's own below it. So is
+    ``/tmp``, unless ``keep`` names entries of the base's ``/tmp`` the command needs (its
+    Python environment, say, when the project lives under ``/tmp``): then every other
+    entry present now is hidden by a whiteout instead, and the kept ones stay readable
+    (copy-on-write: writes to them stay in the sandbox).
     """
     dev = upper / "dev"
     for directory, mode in ((dev, 0o755), (dev / "shm", 0o1777), (upper / "tmp", 0o1777)):
         directory.mkdir()
         directory.chmod(mode)  # mkdir obeys the umask
-    for directory in (dev, upper / "tmp"):
-        os.setxattr(directory, "trusted.overlay.opaque", b"y")
+    os.setxattr(dev, "trusted.overlay.opaque", b"y")
+    if not keep:
+        os.setxattr(upper / "tmp", "trusted.overlay.opaque", b"y")
+    else:
+        try:
+            present = os.listdir(base / "tmp")
+        except OSError:
+            present = []
+        for name in present:
+            if name not in keep:
+                os.mknod(upper / "tmp" / name, stat.S_IFCHR, os.makedev(0, 0))  # a whiteout
     for name, major, minor in _DEVICES:
         os.mknod(dev / name, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
         os.chmod(dev / name, 0o666)

@@ -98,6 +98,7 @@ class Sandbox:
         pids_limit: int | None = None,
         directory: str | os.PathLike[str] | None = None,
         settings: Settings | None = None,
+        share: Sequence[str | os.PathLike[str]] = (),
     ) -> Sandbox:
         """Start ``cmd`` in a new sandbox and return once it runs.
 
@@ -114,6 +115,8 @@ class Sandbox:
             memory_limit: bytes, enforced by a cgroup. pids_limit: tasks, likewise.
             directory: where the sandbox keeps its files (default
                 ``$TORPOR_HOME/sandboxes/<id>``); it must not exist yet.
+            share: host paths the command must read although they are under ``/tmp``,
+                which is otherwise private (e.g. a Python environment there).
 
         Raises:
             SandboxError: it could not start; the message says why and what to do.
@@ -143,7 +146,7 @@ class Sandbox:
                     raise SandboxError(sandbox_id, f"workspace {ws} is no directory", "create it")
                 ws.mkdir()
             (box.directory / "upper").mkdir()
-            _host.prepare_root_layer(box.directory / "upper")
+            _host.prepare_root_layer(box.directory / "upper", base, _kept_tmp(base, share))
             (box.directory / "run").mkdir()
             for output in (box.stdout_path, box.stderr_path):
                 output.touch()  # readable from the start; the command appends
@@ -701,3 +704,17 @@ def _sandbox_python(sandbox_id: str, base: Path) -> str:
         sandbox_id, f"base root {base} has no python3 in /usr/bin or /usr/local/bin",
         "the sandbox's init runs on Python: install python3 in the base root",
     )  # fmt: skip
+
+
+def _kept_tmp(base: Path, share: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The entries of the base's ``/tmp`` that shared paths lie under."""
+    tmp = (base / "tmp").resolve()
+    kept = []
+    for path in share:
+        try:
+            relative = Path(path).resolve().relative_to(tmp)
+        except ValueError:
+            continue
+        if relative.parts:
+            kept.append(relative.parts[0])
+    return kept
