@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median_spread, progress, write_section
+from _common import machine, median_spread, progress, rss_mb, write_section
 from torpor import Settings
 from torpor.sandbox import Sandbox, find_criu
 from torpor.sandbox._host import become_subreaper, start_time
@@ -64,23 +64,6 @@ def _wait_ready(path: Path, timeout: float = 120) -> None:
         time.sleep(0.01)
 
 
-def _rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants."""
-    total = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return total / 1024
-
-
 def _tree_mb(directory: Path) -> float:
     return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()) / 2**20
 
@@ -91,7 +74,7 @@ def _sandbox_round(size: str, scratch: Path, settings: Settings) -> dict[str, fl
     try:
         _wait_ready(box.stdout_path)
         assert box.pid is not None
-        rss = _rss_mb(box.pid)
+        rss = rss_mb(box.pid)
         os.sync()  # start clean: the last round's dirty pages would be charged to this one
         checkpoint = box.checkpoint(scratch / "ck")
         restored = Sandbox.restore(checkpoint, settings=settings)

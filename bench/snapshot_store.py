@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median_spread, progress, write_section
+from _common import machine, median_spread, progress, rss_mb, write_section
 from torpor import Road, Settings
 from torpor.sandbox import Checkpoint, Sandbox, find_criu
 from torpor.snapshots import LocalBlobStore, SnapshotStore
@@ -80,21 +80,6 @@ def _take_turn(box: Sandbox, n: int, timeout: float = 300) -> None:
         time.sleep(0.005)
 
 
-def _rss_mb(pid: int) -> float:
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return total / 1024
-
-
 def _tar_zstd(directory: Path, out: Path) -> tuple[float, int]:
     started = time.perf_counter()
     subprocess.run(
@@ -132,7 +117,7 @@ def _round(size: str, scratch: Path, settings: Settings) -> dict[str, float]:
     try:
         _take_turn(box, 1)
         assert box.pid is not None
-        out["rss_mb"] = _rss_mb(box.pid)
+        out["rss_mb"] = rss_mb(box.pid)
         ck1 = box.checkpoint(shm / "ck1", leave_running=True)
         first = snaps.get(snaps.save(ck1, run_id=run, seq=1))
         out["raw_mb"] = first.raw_bytes / 1e6

@@ -36,6 +36,7 @@ from ..gateway._client import record_to_wire
 from ..gateway._protocol import GATEWAY_ENV
 from ..gateway._server import GatewayServer
 from ..replay._codec import encode_error
+from ..sandbox._inspect import tree_processes
 from ..store import Store
 
 __all__ = ["CHECKPOINT_EVENT", "SnapshotRoadRun", "checkpoint_now", "checkpoint_policy"]
@@ -91,18 +92,6 @@ def checkpoint_policy() -> tuple[str, float]:
 
 def suspend_after() -> float:
     return float(os.environ.get("TORPOR_SUSPEND_AFTER", "3"))
-
-
-def _tree(pid: int) -> list[int]:
-    found = [pid]
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                for child in f.read().split():
-                    found += _tree(int(child))
-    except OSError:
-        pass
-    return found
 
 
 def _state(pid: int) -> str:
@@ -498,7 +487,7 @@ class SnapshotRoadRun:
         pid = self.box.pid
         if pid is None:
             return
-        for proc in _tree(pid):
+        for proc in tree_processes(pid):
             if _state(proc) == "T":
                 os.kill(proc, signal.SIGCONT)
 
