@@ -241,7 +241,11 @@ class SandboxedContext(WorkflowContext):
         entry = self.recorded(pos, (kind,), name)
         if entry is None:
             self.boundary()
-            payload = self.client.call("model", pos=pos, name=name, kind=kind, request=request)
+            # `after`: the worker only looks for an already recorded answer among entries
+            # this process has not read yet (a reply lost in transit), not the whole log.
+            payload = self.client.call(
+                "model", pos=pos, name=name, kind=kind, request=request, after=self.last_seq
+            )
         else:
             payload = entry.payload
         if "error" in payload:
