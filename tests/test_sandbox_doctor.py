@@ -131,3 +131,25 @@ def test_sandbox_public_names_are_exactly_these() -> None:
     }  # fmt: skip
     for name in torpor.sandbox.__all__:
         assert hasattr(torpor.sandbox, name), name
+
+
+def test_doctor_finds_and_removes_a_stale_criu_cache_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torpor.cli import _doctor
+
+    stale = tmp_path / "criu.kdat.tmp"
+    monkeypatch.setattr(_doctor, "_KDAT_TMP", stale)
+    lines: list[str] = []
+    _doctor._check_criu_cache(_doctor._Report(lines.append), cleanup=False)
+    assert lines == []  # no file, nothing to say
+
+    stale.touch()
+    _doctor._check_criu_cache(_doctor._Report(lines.append), cleanup=False)
+    assert lines == []  # fresh: a criu may be writing it
+    os.utime(stale, (0, 0))
+    _doctor._check_criu_cache(_doctor._Report(lines.append), cleanup=False)
+    assert len(lines) == 1 and "cannot cache the kernel's features" in lines[0]
+    assert "torpor doctor --cleanup" in lines[0] and stale.exists()
+    _doctor._check_criu_cache(_doctor._Report(lines.append), cleanup=True)
+    assert "removed the stale" in lines[1] and not stale.exists()

@@ -17,6 +17,7 @@ from torpor import (
     PayloadTooLargeError,
     Road,
     RunNotFoundError,
+    RunRecord,
     RunStateError,
     RunStatus,
     SchemaVersionError,
@@ -213,6 +214,45 @@ def test_claim_order_queues_and_parked_runs(store: Store) -> None:
     assert [(e.name, e.payload, e.consumed_seq) for e in store.list_events(low.id)] == [
         ("approval", {"ok": True}, None)
     ]
+
+
+def test_queue_limits_hold_across_claimers(store: Store, db_url: str) -> None:
+    """At most N runs of a limited queue hold a live lease, whoever claims; a run that
+    ends, parks or loses its lease frees its place."""
+    gpu = [store.create_run("app:train", queue="gpu") for _ in range(6)]
+    cpu = store.create_run("app:tidy", queue="cpu")
+    limits = {"gpu": 2}
+    # Eight claimers at once, each with its own connection(s): only two gpu runs go out.
+    stores = [open_store(db_url) for _ in range(8)]
+    claimed: list[RunRecord | None] = []
+    barrier = threading.Barrier(len(stores))
+
+    def claim(s: Store) -> None:
+        barrier.wait()
+        claimed.append(s.claim_run(f"w{id(s)}", 30, queue_limits=limits))
+
+    threads = [threading.Thread(target=claim, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    got = sorted(r.queue for r in claimed if r is not None)
+    assert got == ["cpu", "gpu", "gpu"]
+    assert store.claim_run("w", 30, queue_limits=limits) is None  # gpu is full
+    unlimited = store.claim_run("w", 30)  # a worker without the limit is not held back
+    assert unlimited is not None and unlimited.queue == "gpu"  # three gpu leases now
+
+    # Runs that end free their places; so does a lease that expires.
+    for run in [unlimited, *(r for r in claimed if r is not None and r.queue == "gpu")][:2]:
+        store.update_run(run.id, run.epoch, status=RunStatus.COMPLETED, output=1)
+    short = store.claim_run("w", 0.3, queue_limits=limits)
+    assert short is not None and short.queue == "gpu"
+    assert store.claim_run("w", 30, queue_limits=limits) is None
+    time.sleep(0.4)
+    assert store.claim_run("w", 30, queue_limits=limits) is not None
+    assert cpu.id in {r.id for r in claimed if r is not None} and len(gpu) == 6
 
 
 def test_cancel(store: Store) -> None:

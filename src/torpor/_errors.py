@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BaseRootMismatchError",
     "ConfigError",
     "CriuError",
     "CriuNotFoundError",
@@ -217,6 +218,20 @@ class SandboxError(TorporError):
         self.sandbox_id = sandbox_id
         self.problem = problem
         self.fix = fix
+
+
+class BaseRootMismatchError(TorporError):
+    """A snapshot was taken over other host files (interpreter, libraries, virtual
+    environment) than the base root of the worker asked to restore it has."""
+
+    def __init__(self, snapshot: str, path: str, was: str, now: str) -> None:
+        super().__init__(
+            f"snapshot {snapshot} was taken over another base root: {path} was {was} there, "
+            f"here it is {now}. Restore it on a worker with the same base root (the same OS "
+            "image, packages and virtual environment); the run's log is intact"
+        )
+        self.snapshot = snapshot
+        self.path = path
 
 
 class CriuNotFoundError(TorporError):

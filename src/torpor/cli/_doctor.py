@@ -57,6 +57,7 @@ def doctor(settings: Settings, echo: Callable[[str], None], cleanup: bool = Fals
     _check_blobs(report, settings.blob_url)
     _check_snapshot_road(report, settings)
     _check_orphans(report, settings, cleanup)
+    _check_criu_cache(report, cleanup)
     return report.ok
 
 
@@ -266,6 +267,35 @@ def _check_sandbox(report: _Report, settings: Settings) -> None:
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# CRIU caches what it learnt of the kernel in /run/criu.kdat, written through this file
+# opened with O_EXCL: a criu killed while writing it leaves it behind, and no criu can write
+# the cache again until it is removed; each dump and restore then probes the kernel anew.
+_KDAT_TMP = Path("/run/criu.kdat.tmp")
+
+
+def _check_criu_cache(report: _Report, cleanup: bool) -> None:
+    try:
+        age = time.time() - _KDAT_TMP.stat().st_mtime
+    except OSError:
+        return  # no stale file (or no /run): nothing to say
+    if age < 60:
+        return  # a criu may be writing it right now
+    what = (
+        f"{_KDAT_TMP} is left over from a criu killed {age / 60:.0f} min ago: CRIU cannot "
+        "cache the kernel's features and probes them again on every dump and restore "
+        "(~35 ms each)"
+    )
+    if not cleanup:
+        report.warn("criu cache", what, "torpor doctor --cleanup (removes that file)")
+        return
+    try:
+        _KDAT_TMP.unlink()
+    except OSError as exc:
+        report.bad("criu cache", f"{what}; removing it failed: {exc}", f"rm {_KDAT_TMP}")
+        return
+    report.good("criu cache", f"removed the stale {_KDAT_TMP}; CRIU caches again")
 
 
 def _check_orphans(report: _Report, settings: Settings, cleanup: bool) -> None:

@@ -12,7 +12,7 @@ import click
 
 from .. import runtime
 from .._config import Settings
-from .._errors import RunCancelledError, RunFailedError, TorporError
+from .._errors import RunCancelledError, RunFailedError
 from .._logging import configure_logging
 from .._model import RunStatus
 from ..replay._registry import load_source, register_workflow
@@ -106,13 +106,25 @@ def _summary(run_id: str, status: RunStatus, output: Any, error: Any) -> dict[st
 @click.argument("args_json", metavar="[ARGS_JSON]", required=False)
 @click.option("--road", type=click.Choice(["replay", "snapshot"]), default="replay")
 @click.option("--detach", is_flag=True, help="Only enqueue it for `torpor worker`; print its id.")
+@click.option("--queue", default="default", show_default=True, help="The queue it waits in.")
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
 @click.option("--json", "as_json", is_flag=True, help="Print {id, status, output, error}.")
-def run(target: str, args_json: str | None, road: str, detach: bool, as_json: bool) -> None:
+def run(
+    target: str,
+    args_json: str | None,
+    road: str,
+    detach: bool,
+    queue: str,
+    priority: int,
+    as_json: bool,
+) -> None:
     """Start a run of FUNC in FILE with ARGS_JSON (a list or an object); without --detach,
     execute it here and print its result."""
     args, kwargs = _parse_args(args_json)
     name = _load_target(target)
-    handle = runtime.start(name, *args, road=road, detach=detach, **kwargs)
+    handle = runtime.start(
+        name, *args, road=road, detach=detach, queue=queue, priority=priority, **kwargs
+    )
     if detach:
         click.echo(json.dumps({"id": handle.id}) if as_json else handle.id)
         return
@@ -122,6 +134,14 @@ def run(target: str, args_json: str | None, road: str, detach: bool, as_json: bo
 @click.command()
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--queue", "queues", multiple=True, help="Only runs of this queue (repeatable).")
+@click.option(
+    "--queue-limit",
+    "queue_limits",
+    multiple=True,
+    metavar="NAME=N",
+    help="At most N runs of queue NAME at once, over all workers given the same limit "
+    "(repeatable).",
+)
 @click.option("--import", "imports", multiple=True, help="Import this module or file first.")
 @click.option("--lease", type=click.FloatRange(min=0.5), default=None, help="Lease seconds.")
 @click.option(
@@ -134,6 +154,7 @@ def run(target: str, args_json: str | None, road: str, detach: bool, as_json: bo
 def worker(
     concurrency: int,
     queues: tuple[str, ...],
+    queue_limits: tuple[str, ...],
     imports: tuple[str, ...],
     lease: float | None,
     park_after: float,
@@ -148,6 +169,7 @@ def worker(
         store,
         concurrency=concurrency,
         queues=queues or None,
+        queue_limits=_parse_limits(queue_limits),
         lease_seconds=lease or settings.lease_seconds,
         park_after=park_after,
     )
@@ -158,6 +180,18 @@ def worker(
     store.close()
     if not clean:
         click.echo("runs still in flight at exit; their leases will expire", err=True)
+
+
+def _parse_limits(items: tuple[str, ...]) -> dict[str, int]:
+    limits: dict[str, int] = {}
+    for item in items:
+        name, sep, number = item.partition("=")
+        if not sep or not name or not number.strip().isdigit():
+            raise click.BadParameter(
+                f"{item!r}: give NAME=N, e.g. --queue-limit gpu=2", param_hint="--queue-limit"
+            )
+        limits[name] = int(number)
+    return limits
 
 
 @click.command()
@@ -188,11 +222,10 @@ def fork(run_id: str, at: str | None, detach: bool, as_json: bool) -> None:
 @click.option("--detach", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 def resume(run_id: str, from_snapshot: str | None, detach: bool, as_json: bool) -> None:
-    """Run a failed or cancelled run again from its journal (replay road)."""
-    if from_snapshot is not None:
-        raise TorporError("resuming from a snapshot is not available in this version")
+    """Run a failed or cancelled run again from its journal (replay road), or roll a
+    snapshot-road run back to one of its snapshots (--from; the log keeps its history)."""
     sys.path.insert(0, os.getcwd())
-    handle = runtime.resume(run_id, detach=detach)
+    handle = runtime.resume(run_id, from_snapshot=from_snapshot, detach=detach)
     if detach:
         click.echo(handle.id)
         return

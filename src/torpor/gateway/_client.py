@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 _CONNECT_PATIENCE_S = 120.0
+# Results recorded after a safe point (see `SandboxedContext.record`).
+_SAFE_POINT_KINDS = ("step", "tool_result")
 
 
 def record_to_wire(record: RunRecord) -> dict[str, Any]:
@@ -197,6 +199,38 @@ class SandboxedContext(WorkflowContext):
                 self.at.pop(payload["at"], None)  # what follows at that position replaces it
             elif entry.kind == "warning" and isinstance(payload.get("at"), int):
                 self.warned.add(payload["at"])
+            elif entry.kind == "rollback" and isinstance(payload.get("to_seq"), int):
+                self._forget_after(payload["to_seq"])
+
+    def _forget_after(self, seq: int) -> None:
+        """`torpor resume --from SNAPSHOT`: what the run recorded after the snapshot is
+        history, no longer answers; the calls made from there on execute afresh."""
+        for pos in list(self.at):
+            kept = [e for e in self.at[pos] if e.seq <= seq]
+            if kept:
+                self.at[pos] = kept
+            else:
+                del self.at[pos]
+
+    def record(self, kind: str, payload: dict[str, Any]) -> int:
+        pos = payload.get("pos")
+        # With the `step` checkpoint policy the snapshot is taken here, after the step's
+        # body and before its result is recorded, so the workspace and the log agree
+        # whatever the moment of a crash. A copy restored from this snapshot comes back
+        # here: if the result was recorded before the crash, it is not recorded twice.
+        if (
+            kind in _SAFE_POINT_KINDS
+            and isinstance(pos, int)
+            and self.client.call("safepoint", pos=pos) == "checkpointed"
+        ):
+            self._refresh()
+            for entry in self.at.get(pos, ()):
+                if entry.kind == kind:
+                    return entry.seq
+        return super().record(kind, payload)
+
+    def safepoint(self, *, force: bool = False) -> None:
+        self.client.call("safepoint", force=force)
 
     def recorded(self, pos: int, kinds: tuple[str, ...], called: str) -> LogEntry | None:
         if pos not in self.at:

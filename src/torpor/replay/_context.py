@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import FencedError, NondeterminismError, TorporError
+from .._errors import FencedError, NondeterminismError, StoreUnavailableError, TorporError
 from .._model import LogEntry, RunRecord, RunStatus
 from ..store import Store
 
@@ -19,6 +20,7 @@ __all__ = [
     "Parked",
     "Released",
     "Stopped",
+    "Unreachable",
     "WorkflowContext",
     "current",
     "in_step",
@@ -46,6 +48,11 @@ class Released(Interrupt):
 
 class Stopped(Interrupt):
     """The lease was lost (another worker owns the run): stop without writing."""
+
+
+class Unreachable(Interrupt):
+    """The store could not be reached, so whether the last write landed is unknown: stop
+    this attempt; the run is claimed again when its lease expires and replays its log."""
 
 
 _current: contextvars.ContextVar[WorkflowContext | None] = contextvars.ContextVar(
@@ -152,16 +159,28 @@ class WorkflowContext:
                 return entry
         return None
 
-    def record(self, kind: str, payload: dict[str, Any]) -> int:
-        """Append to the run's log under this execution's lease."""
+    @contextmanager
+    def _owned_write(self) -> Iterator[None]:
+        """A write under this execution's lease: a lost lease or store ends the attempt."""
         try:
-            appended = self.store.append_owned(self.run.id, kind, payload, epoch=self.run.epoch)
+            yield
         except FencedError:
             self.fenced = True
             raise Stopped() from None
+        except StoreUnavailableError as exc:
+            raise Unreachable(exc.reason) from None
+
+    def record(self, kind: str, payload: dict[str, Any]) -> int:
+        """Append to the run's log under this execution's lease."""
+        with self._owned_write():
+            appended = self.store.append_owned(self.run.id, kind, payload, epoch=self.run.epoch)
         if appended.cancel_requested:
             self.cancel_requested = True
         return appended.seq
+
+    def safepoint(self, *, force: bool = False) -> None:
+        """Where a snapshot may be taken (`torpor.checkpoint()`): nothing to do on the
+        replay road, whose journal is its whole state."""
 
     def boundary(self) -> None:
         """A step boundary: where cancellation, shutdown and a lost lease take effect."""
@@ -173,11 +192,8 @@ class WorkflowContext:
             raise Released()
 
     def set_status(self, status: RunStatus, *, release: bool = False) -> None:
-        try:
+        with self._owned_write():
             self.store.update_run(self.run.id, self.run.epoch, status=status, release=release)
-        except FencedError:
-            self.fenced = True
-            raise Stopped() from None
 
     def block(
         self,
@@ -216,13 +232,10 @@ class WorkflowContext:
 
     def park(self, wake_at: float | None, ready: Callable[[], bool]) -> None:
         """Release the run until ``wake_at`` or until something wakes it; the thread unwinds."""
-        try:
+        with self._owned_write():
             self.store.update_run(
                 self.run.id, self.run.epoch, status=RunStatus.WAITING, wake_at=wake_at, release=True
             )
-        except FencedError:
-            self.fenced = True
-            raise Stopped() from None
         # What it waits for may have come between the last poll and the release, when a
         # wake-up could not reach a run still holding its lease.
         if ready():

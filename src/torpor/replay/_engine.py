@@ -11,11 +11,19 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from .._errors import FencedError, NondeterminismError, TorporError
+from .._errors import FencedError, NondeterminismError, StoreUnavailableError, TorporError
 from .._model import RunRecord, RunStatus
 from ..store import Store
 from ._codec import Unrecordable, encode_error, from_json, to_json
-from ._context import Cancelled, Interrupt, Parked, Released, Stopped, WorkflowContext
+from ._context import (
+    Cancelled,
+    Interrupt,
+    Parked,
+    Released,
+    Stopped,
+    Unreachable,
+    WorkflowContext,
+)
 from ._registry import WorkflowDef, lookup_workflow
 
 __all__ = ["encode_input", "execute_run"]
@@ -95,6 +103,15 @@ def execute_run(
         return None
     except Stopped:
         log.warning("run %s: lease lost to another worker; stopped", run.id)
+        return None
+    except (Unreachable, StoreUnavailableError) as exc:
+        # Not the workflow's failure: the run is taken up again once its lease expires.
+        log.warning(
+            "run %s: the store is unreachable (%s); this attempt stops and the run resumes "
+            "from its log when its lease expires",
+            run.id,
+            exc.reason if isinstance(exc, StoreUnavailableError) else exc,
+        )
         return None
     except Interrupt:  # pragma: no cover - every Interrupt is handled above
         raise

@@ -80,7 +80,13 @@ def idempotency_key() -> str:
 
 
 def checkpoint() -> None:
-    """Ask for a snapshot now: a no-op on the replay road, whose state is the journal."""
+    """Take a snapshot of this run here (snapshot road); the call returns once it is stored.
+
+    A no-op on the replay road, whose state is its journal, and outside a workflow.
+    """
+    ctx = current()
+    if ctx is not None:
+        ctx.safepoint(force=True)
 
 
 def _events_pending(ctx: WorkflowContext, name: str) -> bool:

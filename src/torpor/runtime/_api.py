@@ -342,13 +342,30 @@ def _fork_snapshot(store: Store, source: RunRecord, at: str | None, detach: bool
     return Run(child.id, store)
 
 
-def resume(run_id: str, *, detach: bool = False, store: Store | None = None) -> Run:
+def resume(
+    run_id: str,
+    *,
+    from_snapshot: str | None = None,
+    detach: bool = False,
+    store: Store | None = None,
+) -> Run:
     """Queue a failed or cancelled replay-road run again (e.g. after fixing its code).
 
     Recorded results are kept; a step whose recorded error ended the run executes again.
+
+    ``from_snapshot`` (snapshot road): roll the run back to that snapshot of its own, in
+    whatever state it ended or waits (not while a worker executes it). The log keeps
+    everything and records the rollback; what was recorded after the snapshot no longer
+    answers the run's calls, events it consumed since are delivered again, and newer
+    snapshots are not restored again.
     ``store``: another store than this process's (the HTTP server's; only with ``detach``).
     """
     store = store or _the_store()
+    if from_snapshot is not None:
+        _roll_back(store, run_id, from_snapshot)
+        if not detach:
+            _the_executor().claim(run_id=run_id)
+        return Run(run_id, store)
     last = None
     for entry in store.read(run_id):
         if isinstance(entry.payload, dict) and isinstance(entry.payload.get("pos"), int):
@@ -360,3 +377,26 @@ def resume(run_id: str, *, detach: bool = False, store: Store | None = None) -> 
     if not detach:
         _the_executor().claim(run_id=run_id)
     return Run(run_id, store)
+
+
+def _roll_back(store: Store, run_id: str, snapshot_id: str) -> None:
+    run = store.get_run(run_id)
+    if run.road is not Road.SNAPSHOT:
+        raise TorporError(
+            f"run {run_id} is on the replay road: it has no snapshots to resume from "
+            f"(`torpor fork {run_id} --at POS` re-executes it from a call position)"
+        )
+    records = store.list_snapshots(run_id)
+    index = next((i for i, r in enumerate(records) if r.id == snapshot_id), None)
+    if index is None:
+        known = ", ".join(r.id for r in records[-5:]) or "none"
+        raise TorporError(
+            f"run {run_id} has no snapshot {snapshot_id!r}; its newest: {known} "
+            f"(`torpor snapshots {run_id}` lists them all)"
+        )
+    pick = records[index]
+    store.rollback_run(
+        run_id,
+        pick.seq,
+        {"snapshot": pick.id, "abandoned": [r.id for r in records[index + 1 :]]},
+    )

@@ -7,10 +7,10 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
-from .._errors import FencedError
+from .._errors import FencedError, StoreUnavailableError
 from .._model import Road, RunRecord
 from ..replay._context import WorkflowContext
 from ..replay._engine import execute_run
@@ -68,9 +68,16 @@ class Executor:
         with self._lock:
             return len(self._active)
 
-    def claim(self, queues: Sequence[str] | None = None, run_id: str | None = None) -> bool:
+    def claim(
+        self,
+        queues: Sequence[str] | None = None,
+        run_id: str | None = None,
+        queue_limits: Mapping[str, int] | None = None,
+    ) -> bool:
         """Claim one runnable run (or this one) and start it; False if there was none."""
-        run = self.store.claim_run(self.worker_id, self.lease_seconds, queues, run_id=run_id)
+        run = self.store.claim_run(
+            self.worker_id, self.lease_seconds, queues, run_id=run_id, queue_limits=queue_limits
+        )
         if run is None:
             return False
         self.submit(run)
@@ -113,6 +120,13 @@ class Executor:
                 stopping=self.stopping,
                 spawn=self.spawn,
                 on_context=self._track,
+            )
+        except StoreUnavailableError as exc:
+            # Giving the run back needs the store too; its lease expiring gives it back.
+            log.warning(
+                "run %s: the store is unreachable (%s); the run resumes when its lease expires",
+                run.id,
+                exc.reason,
             )
         except Exception as exc:
             log.exception("run %s: the executor failed", run.id)
@@ -168,6 +182,9 @@ class Executor:
                     )
                 except FencedError:
                     self._flag(run.id, fenced=True)
+                    continue
+                except StoreUnavailableError as exc:
+                    log.warning("run %s: lease renewal failed (%s); retrying", run.id, exc.reason)
                     continue
                 except Exception:
                     log.warning("run %s: lease renewal failed; retrying", run.id, exc_info=True)

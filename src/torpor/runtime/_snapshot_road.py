@@ -27,17 +27,27 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._config import Settings
-from .._errors import FencedError, RunNotFoundError, RunStateError, TorporError
+from .._errors import (
+    FencedError,
+    RunNotFoundError,
+    RunStateError,
+    StoreUnavailableError,
+    TorporError,
+)
 from .._model import Road, RunRecord, RunStatus, SnapshotRecord
 from ..gateway._client import record_to_wire
 from ..gateway._protocol import GATEWAY_ENV
 from ..gateway._server import GatewayServer
 from ..replay._codec import encode_error
+from ..sandbox._fingerprint import base_root_record, write_base_root
 from ..sandbox._inspect import tree_processes
 from ..store import Store
+
+if TYPE_CHECKING:
+    from ..snapshots import Restored
 
 __all__ = ["CHECKPOINT_EVENT", "SnapshotRoadRun", "checkpoint_now", "checkpoint_policy"]
 
@@ -121,14 +131,14 @@ class SnapshotRoadRun:
 
     def execute(self) -> RunStatus | None:
         from ..sandbox import Sandbox
-        from ..snapshots import SnapshotNotFoundError, SnapshotStore, restore_latest
+        from ..snapshots import SnapshotNotFoundError, SnapshotStore
 
         self.snapshots = SnapshotStore.from_settings(self.store, self.settings)
         self.policy, self.interval = checkpoint_policy()
         _remove_orphans(self.settings)
         restored_dir: Path | None = None
         try:
-            restored = restore_latest(self.snapshots, self.run.id, settings=self.settings)
+            restored = self._restore_latest()
         except SnapshotNotFoundError:
             self.box = Sandbox.launch(
                 [sys.executable, "-m", "torpor.gateway._runner"],
@@ -165,6 +175,39 @@ class SnapshotRoadRun:
             self.box.teardown()
             if restored_dir is not None:
                 shutil.rmtree(restored_dir, ignore_errors=True)
+
+    def _restore_latest(self) -> Restored:
+        """Restore the run's newest snapshot. A sandbox of the same id still running on this
+        machine is an earlier incarnation of this run whose worker lost the lease (stopped
+        or paused past it: alive, so not an orphan). This worker holds the run now, so that
+        copy is killed first; its worker, should it go on, finds its writes fenced off."""
+        from ..sandbox import SandboxError
+        from ..sandbox._host import alive, kill_tree
+        from ..sandbox._records import read_sandbox_meta
+        from ..snapshots import restore_latest
+
+        skip = self._rolled_back()
+        try:
+            return restore_latest(self.snapshots, self.run.id, settings=self.settings, skip=skip)
+        except SandboxError as exc:
+            meta = read_sandbox_meta(self.settings.home / "sandboxes" / exc.sandbox_id) or {}
+            if not alive(meta.get("pid"), meta.get("pid_start")):
+                raise
+            log.warning(
+                "run %s: sandbox %s still runs for a worker that lost the run; killed it",
+                self.run.id,
+                exc.sandbox_id,
+            )
+            kill_tree(meta["pid"], meta.get("pid_start"))
+        return restore_latest(self.snapshots, self.run.id, settings=self.settings, skip=skip)
+
+    def _rolled_back(self) -> set[str]:
+        """Snapshots of timelines `torpor resume --from` rolled the run back from."""
+        left: set[str] = set()
+        for entry in self.store.read(self.run.id):
+            if entry.kind == "rollback" and isinstance(entry.payload, dict):
+                left.update(entry.payload.get("abandoned", []))
+        return left
 
     def _code_paths(self) -> list[str]:
         """What the runner must see of the host: this Python and torpor, and the
@@ -222,6 +265,20 @@ class SnapshotRoadRun:
                 "current": exc.current_epoch,
             }
             return {"error": error}, None
+        except StoreUnavailableError as exc:
+            # Whether the write landed is unknown, and an error reply would fail the run:
+            # end this attempt with its sandbox; the next claim restores the newest
+            # snapshot and the log answers what was recorded since.
+            log.warning(
+                "run %s: the store is unreachable (%s); the sandbox is stopped and the run "
+                "resumes from its newest snapshot when its lease expires",
+                self.run.id,
+                exc.reason,
+            )
+            self.outcome = "unreachable"
+            self.box.kill()
+            self._done.set()
+            return {"error": {"type": type(exc).__name__, "message": exc.message}}, None
         except TorporError as exc:
             return {"error": {"type": type(exc).__name__, "message": exc.message}}, None
 
@@ -252,11 +309,15 @@ class SnapshotRoadRun:
             expected_seq=request.get("expected_seq"),
             epoch=self.run.epoch,
         )
-        after = None
-        if self.policy == "step" and request["kind"] in ("step", "model_call", "tool_result"):
-            after = lambda: self._checkpoint(leave_running=True)  # noqa: E731
         result = {"seq": appended.seq, "cancel_requested": appended.cancel_requested}
-        return {"result": result}, after
+        return {"result": result}, None
+
+    def _op_safepoint(self, request: dict[str, Any], peer: int) -> Any:
+        """Before a step's result is recorded (policy `step`), and at `torpor.checkpoint()`:
+        the sandbox stops itself after this reply, is dumped and continued."""
+        if not request.get("force") and self.policy != "step":
+            return {"result": "passed"}, None
+        return {"stop": "after", "result": "checkpointed"}, lambda: self._safe_point(peer)
 
     def _op_consume_event(self, request: dict[str, Any], peer: int) -> Any:
         event = self.store.consume_event(
@@ -320,13 +381,19 @@ class SnapshotRoadRun:
         pos, name, kind = int(request["pos"]), str(request["name"]), str(request["kind"])
         # Sent again after a lost reply: answered from the log, looking only past what the
         # sandbox had read (reading the whole log made every turn cost O(turns)).
+        answered: Any = None
         for entry in self.store.read(self.run.id, after=int(request.get("after") or 0)):
-            if (
-                entry.kind == kind
-                and isinstance(entry.payload, dict)
-                and entry.payload.get("pos") == pos
+            fields = entry.payload if isinstance(entry.payload, dict) else {}
+            if entry.kind == kind and fields.get("pos") == pos:
+                answered = entry
+            elif (
+                entry.kind == "rollback"
+                and answered is not None
+                and answered.seq > int(fields.get("to_seq", 0))
             ):
-                return {"result": entry.payload}, None
+                answered = None  # recorded in a timeline the run was rolled back from
+        if answered is not None:
+            return {"result": answered.payload}, None
         spec = request["request"]
         provider = Provider(
             spec["provider"],
@@ -447,7 +514,12 @@ class SnapshotRoadRun:
             shutil.rmtree(images)
             try:
                 seq = self.store.get_run(self.run.id).last_seq
+                # Taken from the live tree: the host files it runs on, checked at restore.
+                base_root = base_root_record(
+                    tree_processes(self.box.pid or 0), self.box.pid or 0, self.box.base_root
+                )
                 checkpoint = self.box.checkpoint(images, leave_running=leave_running)
+                write_base_root(checkpoint.directory, base_root)
                 snapshot_id = self.snapshots.save(checkpoint, run_id=self.run.id, seq=seq)
             except TorporError as exc:
                 log.warning("run %s: checkpoint failed: %s", self.run.id, exc.message)
@@ -484,6 +556,15 @@ class SnapshotRoadRun:
                 self.store.wake_run(self.run.id)  # it came during the dump
             self.outcome = kind
             self._done.set()
+
+    def _safe_point(self, peer: int) -> None:
+        end = time.monotonic() + 30
+        while _state(peer) != "T" and time.monotonic() < end:
+            time.sleep(0.002)
+        try:
+            self._checkpoint(leave_running=True)
+        finally:
+            self._continue_stopped()
 
     def _continue_stopped(self) -> None:
         pid = self.box.pid

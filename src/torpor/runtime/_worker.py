@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 
+from .._errors import StoreUnavailableError
 from ..store import Store
 from ._executor import Executor
 
@@ -22,6 +23,8 @@ class Worker:
     Args:
         concurrency: runs executed at once.
         queues: only runs of these queues (all queues if None).
+        queue_limits: queue -> the most runs of it executing at once over all workers
+            (give every worker the same limits).
         lease_seconds: how long a claim lasts without renewal; a dead worker's runs are
             taken over after this.
         park_after: seconds a run may block in a wait before its lease is released.
@@ -34,6 +37,7 @@ class Worker:
         *,
         concurrency: int = 1,
         queues: Sequence[str] | None = None,
+        queue_limits: Mapping[str, int] | None = None,
         lease_seconds: float = 30.0,
         park_after: float | None = 5.0,
         poll: float = 0.2,
@@ -42,6 +46,7 @@ class Worker:
         self.store = store
         self.concurrency = max(1, concurrency)
         self.queues = list(queues) if queues else None
+        self.queue_limits = dict(queue_limits) if queue_limits else None
         self.poll = poll
         self.executor = Executor(
             store, worker_id=worker_id, lease_seconds=lease_seconds, park_after=park_after
@@ -61,7 +66,12 @@ class Worker:
                 self.stop_claiming.wait(0.05)
                 continue
             try:
-                claimed = self.executor.claim(self.queues)
+                claimed = self.executor.claim(self.queues, queue_limits=self.queue_limits)
+            except StoreUnavailableError as exc:
+                # A database restart or failover: keep trying, backing off to 2 s.
+                log.warning("the store is unreachable (%s); claiming again in %.1f s",
+                            exc.reason, idle)  # fmt: skip
+                claimed = False
             except Exception:
                 log.warning("claiming failed; retrying", exc_info=True)
                 claimed = False

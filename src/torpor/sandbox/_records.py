@@ -14,7 +14,11 @@ from typing import Any
 
 from .._errors import SandboxError
 
-__all__ = ["Checkpoint", "read_sandbox_meta", "write_json"]
+__all__ = ["PAGES_ELSEWHERE", "Checkpoint", "read_sandbox_meta", "write_json"]
+
+#: A file in a checkpoint directory whose ``pages-*.img`` hold only the pages a lazy restore
+#: reads itself (the rest are holes): restoring it needs the `PageSource` that has them.
+PAGES_ELSEWHERE = "pages-elsewhere"
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,11 @@ class Checkpoint:
     @property
     def images(self) -> Path:
         return self.directory / "images"
+
+    @property
+    def pages_complete(self) -> bool:
+        """Whether the page images hold all the memory (False after a lazy load)."""
+        return not (self.directory / PAGES_ELSEWHERE).exists()
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Checkpoint:

@@ -33,6 +33,7 @@ from . import _host
 from ._cgroup import create_cgroups, remove_cgroups, restore_args, set_pids_limit
 from ._criu import Criu, find_criu
 from ._inspect import DEFAULT_GHOST_LIMIT, blocker_from_log, find_blockers, tree_processes
+from ._lazy import LazyPages, PageSource
 from ._records import Checkpoint, read_sandbox_meta, write_json
 
 __all__ = ["Sandbox", "SandboxState"]
@@ -79,6 +80,7 @@ class Sandbox:
         self._returncode: int | None = None
         self._state = SandboxState.RUNNING
         self._cgroups: list[Path] = []
+        self._lazy: LazyPages | None = None
         # run/ moves into the checkpoint when a checkpoint without leave_running takes the
         # layers; stdout_path and stderr_path follow it.
         self._run_dir = directory / "run"
@@ -167,14 +169,26 @@ class Sandbox:
         *,
         directory: str | os.PathLike[str] | None = None,
         settings: Settings | None = None,
+        lazy: bool = False,
+        pages: PageSource | None = None,
     ) -> Sandbox:
         """Bring the checkpointed sandbox back, with the same id, where it left off.
 
         The checkpoint directory must stay in place while the sandbox runs: its workspace is
         the restored sandbox's read-only lower layer. Open TCP connections come back closed.
 
+        Args:
+            lazy: return as soon as the tree runs, before its private memory is back: each
+                page is filled on first touch by a `criu lazy-pages` daemon, which copies
+                the rest in the background (`pages_pending`, `wait_pages`). If the pages
+                cannot all arrive the tree is killed (`lazy_error` says why); it never runs
+                on memory that was not restored. See docs/sandbox.md, "Lazy restore".
+            pages: with ``lazy``, where the daemon gets the pages instead of the checkpoint's
+                page images (required when a lazy load left them out).
+
         Raises:
-            SandboxError: the same sandbox still runs (use `fork` for a second copy).
+            SandboxError: the same sandbox still runs (use `fork` for a second copy), or the
+                checkpoint's pages are elsewhere and no ``pages`` source was given.
             CriuError: CRIU could not restore it; the message quotes its log.
         """
         settings = settings or Settings.from_env()
@@ -193,7 +207,9 @@ class Sandbox:
                     "kill or tear it down first, or use Sandbox.fork for an independent copy",
                 )
             _host.remove_directory(checkpoint.sandbox_id, target)
-        return cls._from_checkpoint(checkpoint, checkpoint.sandbox_id, target, settings)
+        return cls._from_checkpoint(
+            checkpoint, checkpoint.sandbox_id, target, settings, lazy=lazy, pages=pages
+        )
 
     @classmethod
     def fork(
@@ -202,12 +218,16 @@ class Sandbox:
         *,
         directory: str | os.PathLike[str] | None = None,
         settings: Settings | None = None,
+        lazy: bool = False,
+        pages: PageSource | None = None,
     ) -> Sandbox:
         """Start an independent copy of the checkpointed sandbox, with a new id.
 
         Its root and workspace are copy-on-write over the checkpoint's; it may run beside the
         original and other forks (each has its own pid namespace). With ``network=True`` they
         share the host's ports: a listening socket cannot be restored twice.
+
+        ``lazy`` and ``pages`` work as for `restore`.
 
         Raises:
             CriuError: CRIU could not restore it; the message quotes its log.
@@ -216,13 +236,32 @@ class Sandbox:
         sandbox_id = _new_id()
         _host.require_privileges(sandbox_id)
         target = _new_directory(sandbox_id, directory, settings)
-        return cls._from_checkpoint(checkpoint, sandbox_id, target, settings)
+        return cls._from_checkpoint(
+            checkpoint, sandbox_id, target, settings, lazy=lazy, pages=pages
+        )
 
     @classmethod
     def _from_checkpoint(
-        cls, checkpoint: Checkpoint, sandbox_id: str, directory: Path, settings: Settings
+        cls,
+        checkpoint: Checkpoint,
+        sandbox_id: str,
+        directory: Path,
+        settings: Settings,
+        *,
+        lazy: bool = False,
+        pages: PageSource | None = None,
     ) -> Sandbox:
         started = time.perf_counter()
+        if pages is not None and not lazy:
+            raise SandboxError(sandbox_id, "a page source was given without lazy=True",
+                               "pass lazy=True, or no pages")  # fmt: skip
+        if pages is None and not checkpoint.pages_complete:
+            raise SandboxError(
+                sandbox_id, f"the page images of {checkpoint.directory} are incomplete "
+                "(loaded for a lazy restore): restoring them as they are would give the "
+                "processes zeroed memory", "restore it lazily with its page source, or load "
+                "the snapshot again without lazy",
+            )  # fmt: skip
         criu = find_criu(settings)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         box = cls(sandbox_id, directory, settings)
@@ -237,6 +276,11 @@ class Sandbox:
         }
         try:
             box._save()
+            if lazy:  # started first: its start-up overlaps the copies and mounts below
+                box._lazy = LazyPages(
+                    criu, sandbox_id, checkpoint.images, directory / "lazy", pages
+                )
+                box._lazy.start()
             layers = [checkpoint.directory / "upper", checkpoint.directory / "run"]
             _host.copy_tree(sandbox_id, layers, directory)
             box._mount_root(Path(checkpoint.base_root))
@@ -260,6 +304,11 @@ class Sandbox:
                 "--external", f"mnt[run]:{directory / 'run'}",
             ]  # fmt: skip
             args += restore_args(box._cgroups)
+            if box._lazy is not None:
+                waited = time.perf_counter()
+                box._lazy.wait_ready()
+                box.timings["lazy_ready_wait"] = time.perf_counter() - waited
+                args += box._lazy.restore_args()
             # The log lives outside the directory until success: a failure removes the directory.
             log = settings.home / "logs" / f"restore-{sandbox_id}-{box._incarnation}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -274,11 +323,18 @@ class Sandbox:
             box._pid = int(pidfile.read_text())
             box._started = _host.start_time(box._pid)
             box._save()
+            if box._lazy is not None:
+                box._lazy.watch(box._kill_for_pages)
         except BaseException:
             box.teardown()
             raise
         box.timings["restore"] = time.perf_counter() - started
         return box
+
+    def _kill_for_pages(self) -> None:
+        """Called from the lazy transfer's thread when pages cannot all arrive."""
+        if self._pid is not None:
+            _host.kill_tree(self._pid, self._started)
 
     # -- using ----------------------------------------------------------------------------
 
@@ -302,6 +358,11 @@ class Sandbox:
         return Path(self._meta["workspace"])
 
     @property
+    def base_root(self) -> str:
+        """The read-only lower layer of its root filesystem, on the host."""
+        return str(self._meta["base_root"])
+
+    @property
     def root(self) -> Path:
         """The host path of the sandbox's root filesystem (the overlay), while it exists."""
         return self.directory / "merged"
@@ -315,6 +376,26 @@ class Sandbox:
     def returncode(self) -> int | None:
         """The command's exit status (negative: killed by that signal); None while running."""
         return self.poll()
+
+    @property
+    def pages_pending(self) -> bool:
+        """Whether a lazy restore is still bringing memory in (False for a normal one)."""
+        return self._lazy is not None and self._lazy.pending
+
+    @property
+    def lazy_error(self) -> Exception | None:
+        """Why a lazy restore's pages could not all arrive (the tree was killed), if so."""
+        return self._lazy.error if self._lazy is not None else None
+
+    def wait_pages(self, timeout: float | None = None) -> None:
+        """Block until a lazy restore's memory is all in place (at once for a normal one).
+
+        Raises:
+            TimeoutError: pages still arriving after ``timeout`` seconds.
+            CriuError: the transfer failed and the tree was killed.
+        """
+        if self._lazy is not None:
+            self._lazy.wait(timeout)
 
     def poll(self) -> int | None:
         """The exit status if the sandbox has ended, else None."""
@@ -414,6 +495,9 @@ class Sandbox:
             )  # fmt: skip
         assert self._pid is not None
         _host.require_privileges(self.id)
+        # Pages a lazy restore has not filled yet are absent from the process's page tables:
+        # a dump now would silently leave them out of the checkpoint.
+        self.wait_pages()
         criu = self._criu()
         limit = DEFAULT_GHOST_LIMIT if ghost_limit is None else ghost_limit
         blockers = find_blockers(self._pid, limit)
@@ -523,6 +607,8 @@ class Sandbox:
         if self._state is SandboxState.REMOVED:
             return
         self.kill()
+        if self._lazy is not None:
+            self._lazy.stop()
         remove_cgroups(self._cgroups)
         meta = read_sandbox_meta(self.directory)
         # A restore may have reused the directory since: then it is no longer ours to delete.

@@ -19,15 +19,21 @@ PAGE_SIZE = 4096
 _IMG_COMMON_MAGIC = 0x54564319
 _PAGEMAP_MAGIC = 0x56084025
 _PE_PARENT = 1 << 0
+_PE_LAZY = 1 << 1
 _PE_PRESENT = 1 << 2
 
 
 @dataclass(frozen=True)
 class PageRun:
-    """Pages held back to back in a pages image: ``nr_pages`` pages from ``vaddr``."""
+    """Pages held back to back in a pages image: ``nr_pages`` pages from ``vaddr``.
+
+    ``lazy``: a lazy restore leaves them to the lazy-pages daemon (private anonymous memory
+    other than the stack); the others it reads from the pages image itself.
+    """
 
     vaddr: int
     nr_pages: int
+    lazy: bool = False
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -93,7 +99,8 @@ def read_pagemap(data: bytes) -> tuple[int, list[PageRun]]:
         if entry.get(3) or flags & _PE_PARENT:
             raise ValueError("pagemap refers to a parent image (incremental dump)")
         if flags & _PE_PRESENT:
-            runs.append(PageRun(entry.get(1, 0), entry.get(5) or entry.get(2, 0)))
+            count = entry.get(5) or entry.get(2, 0)
+            runs.append(PageRun(entry.get(1, 0), count, bool(flags & _PE_LAZY)))
     return messages[0][1], runs
 
 

@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +29,8 @@ class Restored:
 
     ``directory`` holds the loaded checkpoint; the sandbox's workspace is an overlay over
     it, so remove it only after the sandbox is torn down. ``skipped`` lists newer snapshots
-    that could not be used (damaged or missing chunks), newest first.
+    that could not be used (damaged or missing chunks), newest first. ``lazy``: the sandbox
+    runs while its memory still streams in from the store (`Sandbox.pages_pending`).
     """
 
     sandbox: Sandbox
@@ -37,6 +39,7 @@ class Restored:
     fetch_ms: float
     restore_ms: float
     skipped: list[SnapshotCorruptError] = field(default_factory=list)
+    lazy: bool = False
 
 
 def default_restore_root(settings: Settings) -> Path:
@@ -62,24 +65,36 @@ def restore(
     *,
     root: str | os.PathLike[str] | None = None,
     settings: Settings | None = None,
+    lazy: bool = False,
 ) -> Restored:
     """Load a snapshot (verifying every chunk) and restore its sandbox.
+
+    With ``lazy``, only what the restore itself reads is loaded first; the sandbox runs at
+    once and its private memory follows from the store, each chunk verified as it arrives
+    (see docs/snapshots.md, "Lazy restore"). A damaged page chunk is then found after the
+    restore: the sandbox is killed (`Sandbox.lazy_error`), never run on a wrong page.
 
     Raises:
         SnapshotError: the snapshot cannot be loaded (nothing is restored).
         CriuError, SandboxError: the sandbox could not be restored.
     """
     from ..sandbox import Sandbox
+    from ..sandbox._fingerprint import check_base_root
 
     settings = settings or Settings.from_env()
     record = snapshot if isinstance(snapshot, SnapshotRecord) else snapshots.get(snapshot)
     base = Path(root) if root is not None else default_restore_root(settings)
     target = base / f"{record.id}-{secrets.token_hex(3)}"
-    loaded = snapshots.load(record, target)
+    loaded = snapshots.load(record, target, lazy=lazy)
     started = time.perf_counter()
     try:
-        sandbox = Sandbox.restore(loaded.checkpoint(), settings=settings)
+        checkpoint = loaded.checkpoint()
+        # Before CRIU: the code the process had mapped must be the same files here.
+        check_base_root(target, checkpoint.base_root, record.id)
+        sandbox = Sandbox.restore(checkpoint, settings=settings, lazy=lazy, pages=loaded.pages)
     except BaseException:
+        if loaded.pages is not None:
+            loaded.pages.close()
         shutil.rmtree(target, ignore_errors=True)
         raise
     return Restored(
@@ -88,6 +103,7 @@ def restore(
         directory=target,
         fetch_ms=loaded.fetch_ms,
         restore_ms=round((time.perf_counter() - started) * 1000, 3),
+        lazy=lazy,
     )
 
 
@@ -97,8 +113,12 @@ def restore_latest(
     *,
     root: str | os.PathLike[str] | None = None,
     settings: Settings | None = None,
+    skip: Collection[str] = (),
+    lazy: bool = False,
 ) -> Restored:
     """Restore the run's newest snapshot whose chunks are all intact, newest first.
+
+    ``skip``: snapshot ids not to restore (those a rollback left behind).
 
     Raises:
         SnapshotNotFoundError: the run has no snapshot.
@@ -106,13 +126,13 @@ def restore_latest(
         SnapshotKeyError: the configured key cannot open the snapshots (no fallback: the
             older ones were saved under the same key).
     """
-    records = snapshots.list_snapshots(run_id)
+    records = [r for r in snapshots.list_snapshots(run_id) if r.id not in skip]
     if not records:
         raise SnapshotNotFoundError(f"{run_id} (the run has no snapshot)")
     skipped: list[SnapshotCorruptError] = []
     for record in reversed(records):
         try:
-            restored = restore(snapshots, record, root=root, settings=settings)
+            restored = restore(snapshots, record, root=root, settings=settings, lazy=lazy)
         except SnapshotCorruptError as exc:
             skipped.append(exc)
             continue

@@ -33,10 +33,12 @@ from ._errors import SnapshotCorruptError, SnapshotError, SnapshotKeyError, Snap
 from ._gc import GcReport, collect
 from ._manifest import encode_manifest, manifest_id, read_body, read_header
 from ._markers import decode_marker, encode_marker, process_identity
+from ._pages import StorePages, lazy_ranges, pages_file
 from ._tree import Entry, Span, apply_metadata, create_node, scan
 
 if TYPE_CHECKING:
     from ..sandbox import Checkpoint
+    from ..sandbox._lazy import PageSource
 
 __all__ = ["DEFAULT_KEEP_LAST", "Loaded", "SnapshotId", "SnapshotStore", "default_page_window"]
 
@@ -70,6 +72,9 @@ class Loaded:
     fetch_ms: float
     raw_bytes: int
     chunks: int
+    #: After a lazy load: where `Sandbox.restore(..., lazy=True, pages=...)` gets the memory
+    #: that the directory's page images leave out.
+    pages: PageSource | None = None
 
     def checkpoint(self) -> Checkpoint:
         """The directory as a sandbox `Checkpoint`, ready for `Sandbox.restore`."""
@@ -366,12 +371,24 @@ class SnapshotStore:
 
     # -- loading --------------------------------------------------------------------------
 
-    def load(self, snapshot: SnapshotId | SnapshotRecord, into: str | os.PathLike[str]) -> Loaded:
+    def load(
+        self,
+        snapshot: SnapshotId | SnapshotRecord,
+        into: str | os.PathLike[str],
+        *,
+        lazy: bool = False,
+    ) -> Loaded:
         """Write a snapshot back as a directory ``into`` (created; it must not exist).
 
         Every chunk is checked against its hash; nothing appears at ``into`` unless all of
         the snapshot was fetched and verified. For a fast restore, load into memory-backed
         storage (``/dev/shm``).
+
+        With ``lazy``, the page images get only the pages a lazy restore reads itself; the
+        rest (private anonymous memory, the bulk of a large process) stay holes, served
+        later by ``Loaded.pages`` chunk by chunk, each verified when it is fetched. Such a
+        directory can only be restored lazily with that source (`Sandbox.restore` refuses
+        it otherwise).
 
         Raises:
             SnapshotNotFoundError: no such snapshot.
@@ -386,10 +403,13 @@ class SnapshotStore:
         codec, refs, entries, indexes = self._read_manifest(record)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.parent / f".{target.name}.partial-{secrets.token_hex(4)}"
+        pages = None
         try:
-            self._materialise(record.id, codec, refs, entries, indexes, partial)
+            pages = self._materialise(record.id, codec, refs, entries, indexes, partial, lazy)
             os.rename(partial, target)
         except BaseException:
+            if pages is not None:
+                pages.close()
             shutil.rmtree(partial, ignore_errors=True)
             raise
         return Loaded(
@@ -398,6 +418,7 @@ class SnapshotStore:
             fetch_ms=round((time.perf_counter() - started) * 1000, 3),
             raw_bytes=sum(e.size for e in entries),
             chunks=len(refs),
+            pages=pages,
         )
 
     def _read_manifest(
@@ -447,8 +468,10 @@ class SnapshotStore:
         entries: list[Entry],
         indexes: dict[str, list[int]],
         root: Path,
-    ) -> None:
+        lazy: bool = False,
+    ) -> StorePages | None:
         places: dict[int, list[tuple[Path, int]]] = defaultdict(list)
+        deferred: dict[str, Entry] = {}  # page images of a lazy load: written after the rest
         for entry in entries:
             path = root / entry.path if entry.path != "." else root
             if entry.kind == "d":
@@ -456,28 +479,17 @@ class SnapshotStore:
             elif entry.kind == "f":
                 with open(path, "wb") as f:
                     f.truncate(entry.size)
+                if lazy and _is_page_image(entry.path):
+                    deferred[entry.path] = entry
+                    continue
                 for i, span in zip(indexes[entry.path], entry.spans, strict=True):
                     places[i].append((path, span.offset))
             else:
                 create_node(path, entry)
-
-        def fetch(batch: list[int]) -> None:
-            for i in batch:
-                cid = refs[i]
-                data = self._fetch_chunk(snapshot_id, codec, cid)
-                for path, offset in places[i]:
-                    fd = os.open(path, os.O_WRONLY)
-                    try:
-                        os.pwrite(fd, data, offset)
-                    finally:
-                        os.close(fd)
-
-        order = sorted(places)
-        size = max(1, len(order) // (self.blobs.parallelism * 4))
-        batches = [order[i : i + size] for i in range(0, len(order), size)]
-        with ThreadPoolExecutor(self.blobs.parallelism) as pool:
-            for _ in pool.map(fetch, batches):
-                pass
+        self._fetch_into(snapshot_id, codec, refs, places)
+        pages = None
+        if lazy:
+            pages = self._lazy_pages(snapshot_id, codec, refs, deferred, indexes, root)
         as_root = os.geteuid() == 0
         for entry in entries:  # files, links and nodes first; then directories, deepest first
             if entry.kind != "d":
@@ -486,6 +498,79 @@ class SnapshotStore:
             if entry.kind == "d":
                 apply_metadata(root / entry.path if entry.path != "." else root, entry,
                                as_root=as_root)  # fmt: skip
+        return pages
+
+    def _lazy_pages(
+        self,
+        snapshot_id: str,
+        codec: BlobCodec,
+        refs: list[bytes],
+        deferred: dict[str, Entry],
+        indexes: dict[str, list[int]],
+        root: Path,
+    ) -> StorePages:
+        """Write the pages a lazy restore reads itself; the source of all the others."""
+        from ..sandbox._records import PAGES_ELSEWHERE
+
+        try:
+            runs, eager = lazy_ranges(root / "images", "images")
+        except (OSError, ValueError, IndexError) as exc:
+            raise SnapshotError(
+                f"snapshot {snapshot_id} cannot be restored lazily: its pagemaps do not parse "
+                f"({exc}); restore it without lazy"
+            ) from None
+        places: dict[int, list[tuple[Path, int]]] = defaultdict(list)
+        files = {}
+        for rel, entry in deferred.items():
+            layout = pages_file(entry.spans, indexes[rel], eager.get(rel, list(entry.spans)))
+            files[rel] = layout
+            for n, (i, span) in enumerate(zip(indexes[rel], entry.spans, strict=True)):
+                if layout.lazy[n] < span.length or rel not in eager:
+                    places[i].append((root / rel, span.offset))
+        self._fetch_into(snapshot_id, codec, refs, places)
+        (root / PAGES_ELSEWHERE).write_text(
+            f"The lazy pages of snapshot {snapshot_id} are holes here: they came from the "
+            "snapshot store during a lazy restore. Load the snapshot again to restore it.\n"
+        )
+        return StorePages(
+            runs,
+            files,
+            lambda i: self._fetch_chunk(snapshot_id, codec, refs[i]),
+            self.blobs.parallelism,
+        )
+
+    def _fetch_into(
+        self,
+        snapshot_id: str,
+        codec: BlobCodec,
+        refs: list[bytes],
+        places: dict[int, list[tuple[Path, int]]],
+    ) -> None:
+        """Fetch, verify and write each chunk to its places, in parallel: reading, zstd and
+        blake3 release the GIL. Each task opens a file once for all its chunks."""
+
+        def fetch(batch: list[int]) -> None:
+            fds: dict[Path, int] = {}
+            try:
+                for i in batch:
+                    data = self._fetch_chunk(snapshot_id, codec, refs[i])
+                    for path, offset in places[i]:
+                        fd = fds.get(path)
+                        if fd is None:
+                            fd = fds[path] = os.open(path, os.O_WRONLY)
+                        os.pwrite(fd, data, offset)
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
+
+        order = sorted(places)
+        if not order:
+            return
+        size = max(1, len(order) // (self.blobs.parallelism * 4))
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        with ThreadPoolExecutor(self.blobs.parallelism) as pool:
+            for _ in pool.map(fetch, batches):
+                pass
 
     def _fetch_chunk(self, snapshot_id: str, codec: BlobCodec, cid: bytes) -> bytes:
         name = cid.hex()
@@ -565,6 +650,11 @@ class SnapshotStore:
                 yield from self.list_snapshots(run.id)
             except SnapshotNotFoundError:
                 continue
+
+
+def _is_page_image(path: str) -> bool:
+    parent, _, name = path.rpartition("/")
+    return parent == "images" and name.startswith("pages-") and name.endswith(".img")
 
 
 def _chunk_key(cid: bytes) -> str:

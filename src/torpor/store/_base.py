@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from .._config import DEFAULT_MAX_PAYLOAD_BYTES
@@ -89,13 +89,18 @@ class Store(ABC):
         queues: Sequence[str] | None = None,
         *,
         run_id: str | None = None,
+        queue_limits: Mapping[str, int] | None = None,
     ) -> RunRecord | None:
         """Take the most urgent runnable run (or this one) under a new lease and epoch.
 
         Returns None when nothing is runnable.
 
         Runnable: `queued`; `waiting`/`suspended` whose wake time has come; any non-final
-        run whose lease expired (its worker died).
+        run whose lease expired (its worker died). Most urgent: highest priority, then
+        oldest.
+
+        ``queue_limits``: queue -> the most runs of that queue holding a live lease at once,
+        across all workers (runs parked or suspended in a wait hold none).
         """
 
     @abstractmethod
@@ -200,6 +205,13 @@ class Store(ABC):
     def requeue_run(self, run_id: str, note: dict[str, Any] | None = None) -> RunRecord:
         """Queue a failed or cancelled run again (``torpor resume`` on the replay road),
         logging a ``resumed`` entry with ``note``'s fields."""
+
+    @abstractmethod
+    def rollback_run(self, run_id: str, to_seq: int, note: dict[str, Any]) -> RunRecord:
+        """Queue a run again from an older point of its history (``torpor resume --from
+        SNAPSHOT``): events it consumed after ``to_seq`` are delivered again, and a
+        ``rollback`` entry with ``to_seq`` and ``note``'s fields is logged. Nothing is
+        deleted. Refused (`RunStateError`) while a worker executes the run."""
 
     @abstractmethod
     def list_events(self, run_id: str) -> list[Event]:

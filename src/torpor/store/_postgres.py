@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from typing import Any
 
@@ -46,6 +46,11 @@ class PostgresStore(SqlStore):
     claim_lock = "FOR UPDATE SKIP LOCKED"
     row_lock = "FOR UPDATE"
 
+    def _serialize_limited_claims(self, tx: Tx) -> None:
+        # Counting then claiming is racy between claimers: a transaction-scoped advisory
+        # lock (an arbitrary constant key) makes claims under queue limits take turns.
+        tx.execute("SELECT pg_advisory_xact_lock(2026112201)")
+
     def __init__(
         self,
         url: str,
@@ -79,14 +84,29 @@ class PostgresStore(SqlStore):
             raise StoreUnavailableError(shown, str(exc)) from None
 
     @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection; losing the server (a restart, a failover, a network cut)
+        raises `StoreUnavailableError`, which workers treat as "retry later"."""
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            # After a server restart every idle pooled connection is dead: drop them all
+            # now rather than let each fail one more call.
+            with suppress(Exception):
+                self._pool.check()
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreUnavailableError(redact_url(self.url), reason) from exc
+
+    @contextmanager
     def _write(self) -> Iterator[Tx]:
-        with self._pool.connection() as conn, conn.transaction():
+        with self._connection() as conn, conn.transaction():
             yield _PgTx(conn)
 
     @contextmanager
     def _read(self) -> Iterator[Tx]:
         # Autocommit: each read is one round trip, without BEGIN and COMMIT around it.
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             yield _PgTx(conn)
 
     def append_owned(
@@ -108,7 +128,7 @@ class PostgresStore(SqlStore):
             "payload, created_at) SELECT ?, last_seq, ?, ?, ? FROM bumped RETURNING seq) "
             "SELECT added.seq, bumped.cancel_requested FROM added, bumped"
         )
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             tx = _PgTx(conn)
             row = tx.execute(sql, [*params, run_id, kind, text, now]).fetchone()
             if row is None:

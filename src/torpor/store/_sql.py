@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from abc import abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, NoReturn, Protocol
 
@@ -264,6 +264,7 @@ class SqlStore(Store):
         queues: Sequence[str] | None = None,
         *,
         run_id: str | None = None,
+        queue_limits: Mapping[str, int] | None = None,
     ) -> RunRecord | None:
         now = time.time()
         sql = (
@@ -282,6 +283,12 @@ class SqlStore(Store):
             params.append(run_id)
         sql += f" ORDER BY priority DESC, created_at LIMIT 1 {self.claim_lock}"
         with self._write() as tx:
+            if queue_limits:
+                full = self._full_queues(tx, queue_limits, now)
+                if full:
+                    where, _, rest = sql.partition(" ORDER BY")
+                    sql = f"{where} AND queue NOT IN ({', '.join('?' * len(full))}) ORDER BY{rest}"
+                    params.extend(full)
             found = tx.execute(sql, params).fetchone()
             if found is None:
                 return None
@@ -292,6 +299,23 @@ class SqlStore(Store):
                 (RunStatus.RUNNING.value, worker_id, now + lease_seconds, now, found[0]),
             ).fetchone()
             return _run_from_row(row)
+
+    def _full_queues(self, tx: Tx, limits: Mapping[str, int], now: float) -> list[str]:
+        """The limited queues whose runs hold as many live leases as their limit."""
+        self._serialize_limited_claims(tx)
+        names = sorted(limits)
+        rows = tx.execute(
+            "SELECT queue, COUNT(*) FROM torpor_runs WHERE lease_owner IS NOT NULL "
+            f"AND lease_expires_at >= ? AND queue IN ({', '.join('?' * len(names))}) "
+            "GROUP BY queue",
+            [now, *names],
+        ).fetchall()
+        held = {row[0]: int(row[1]) for row in rows}
+        return [name for name in names if held.get(name, 0) >= limits[name]]
+
+    def _serialize_limited_claims(self, tx: Tx) -> None:
+        """Claims under queue limits count and claim in one step, one claimer at a time
+        (SQLite's write lock already does that)."""
 
     def renew_lease(self, run_id: str, worker_id: str, epoch: int, lease_seconds: float) -> bool:
         now = time.time()
@@ -503,6 +527,38 @@ class SqlStore(Store):
                 None,
                 None,
                 now,
+            )
+            return self._get_run(tx, run_id)
+
+    def rollback_run(self, run_id: str, to_seq: int, note: dict[str, Any]) -> RunRecord:
+        now = time.time()
+        with self._write() as tx:
+            run = self._get_run(tx, run_id)
+            if run.status in (RunStatus.RUNNING, RunStatus.WAITING) or (
+                run.lease_owner is not None and (run.lease_expires_at or 0) > now
+            ):
+                raise RunStateError(
+                    run_id,
+                    run.status.value,
+                    "roll it back (a worker executes it: cancel it, or wait until it is "
+                    "suspended or ended)",
+                )
+            if not 0 <= to_seq <= run.last_seq:
+                raise ValueError(f"to_seq {to_seq} is outside {run_id}'s log (0..{run.last_seq})")
+            tx.execute(
+                "UPDATE torpor_events SET consumed_seq = NULL "
+                "WHERE run_id = ? AND consumed_seq > ?",
+                (run_id, to_seq),
+            )
+            tx.execute(
+                "UPDATE torpor_runs SET status = ?, output = NULL, error = NULL, "
+                "cancel_requested = 0, lease_owner = NULL, lease_expires_at = NULL, "
+                "wake_at = NULL, updated_at = ? WHERE id = ?",
+                (RunStatus.QUEUED.value, now, run_id),
+            )
+            payload = {**note, "to_seq": to_seq, "from": run.status.value}
+            self._append_in(
+                tx, run_id, "rollback", encode_json(payload, "rollback"), None, None, now
             )
             return self._get_run(tx, run_id)
 

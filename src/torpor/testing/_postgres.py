@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -80,6 +81,10 @@ class TemporaryPostgres:
             str(self.bindir / "initdb"), "-D", str(self.data), "-U", self.user,
             "--auth=trust", "--encoding=UTF8", "--no-instructions",
         )  # fmt: skip
+        self._start_server()
+        return self
+
+    def _start_server(self) -> None:
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -k {self.root} "
             f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=200"
@@ -88,7 +93,21 @@ class TemporaryPostgres:
             str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
             "-o", options, "-w", "-t", "60", "start",
         )  # fmt: skip
-        return self
+
+    def restart(self, *, down_seconds: float = 0.0, mode: str = "fast") -> None:
+        """Stop the server and start it again on the same port and data, as a database
+        restart in production does: every client connection is cut.
+
+        ``mode`` is pg_ctl's shutdown mode (``fast`` ends sessions and checkpoints,
+        ``immediate`` is a crash and recovery); ``down_seconds`` keeps it down that long.
+        """
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60",
+            "stop",
+        )  # fmt: skip
+        if down_seconds > 0:
+            time.sleep(down_seconds)
+        self._start_server()
 
     @property
     def admin_url(self) -> str:
