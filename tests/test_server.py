@@ -253,6 +253,10 @@ def test_bad_input_gets_a_4xx_with_a_clear_message(
         ("GET", "/v1/runs/r-1/log", {"params": {"after": -1}}, 422, "ValidationError", "after"),
         ("GET", "/v1/runs", {"params": {"status": "sleepy"}}, 422, "ValidationError", "status"),
         ("POST", f"/v1/runs/{run_id}/fork", {"json": {"at": 0}}, 422, "ValidationError", "at"),
+        ("POST", f"/v1/runs/{run_id}/resume", {"json": {"snapshot": "s1"}}, 400, "TorporError",
+         "is on the replay road: it has no snapshots to resume from"),
+        ("POST", f"/v1/runs/{run_id}/resume", {"json": {"snapshot": 5}}, 422, "ValidationError",
+         "snapshot"),
         ("DELETE", f"/v1/runs/{run_id}", {}, 405, "MethodNotAllowed", "Method Not Allowed"),
         ("GET", "/v2/runs", {}, 404, "NotFound", "openapi.json"),
     ]  # fmt: skip

@@ -56,7 +56,8 @@ def _bind(host: str, port: int) -> socket.socket:
     help="Logs on stderr as text or JSON lines (default: TORPOR_LOG_FORMAT, else text).",
 )
 def server(host: str, port: int, imports: tuple[str, ...], log_format: str | None) -> None:
-    """Serve the HTTP API (runs, logs, events, snapshots, /metrics; schema at /openapi.json).
+    """Serve the HTTP API (runs, logs, events, snapshots, /metrics; schema at /openapi.json)
+    and the dashboard (/dashboard/, log in with the token).
 
     Requests need 'Authorization: Bearer TOKEN': TORPOR_API_TOKEN, else the token in
     $TORPOR_HOME/api-token, made and printed on first start. Workflows to start by name
@@ -74,7 +75,11 @@ def server(host: str, port: int, imports: tuple[str, ...], log_format: str | Non
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"torpor server: http://{shown}:{bound_port} ({redact_url(store.url)})", err=True)
+    click.echo(
+        f"torpor server: http://{shown}:{bound_port} ({redact_url(store.url)}); "
+        f"dashboard: http://{shown}:{bound_port}/dashboard/",
+        err=True,
+    )
     if origin == "generated":
         click.echo(
             f"API token (saved in {settings.home / 'api-token'}, shown only now): {token}",

@@ -100,14 +100,18 @@ class Client:
         """Cancel at once, or at its next step boundary if a worker executes it."""
         return RunRecord.from_json(self._call("POST", f"/v1/runs/{_seg(run_id)}/cancel"))
 
-    def fork(self, run_id: str, at: int | None = None) -> RunRecord:
-        """A new queued run reusing the recorded results of calls before position ``at``."""
+    def fork(self, run_id: str, at: int | str | None = None) -> RunRecord:
+        """A new queued run: reusing the recorded results of calls before position ``at``
+        (replay road), or restoring snapshot ``at`` (snapshot road; default the newest)."""
         path = f"/v1/runs/{_seg(run_id)}/fork"
-        return RunRecord.from_json(self._call("POST", path, json={"at": at}))
+        body = {"snapshot": at} if isinstance(at, str) else {"at": at}
+        return RunRecord.from_json(self._call("POST", path, json=body))
 
-    def resume(self, run_id: str) -> RunRecord:
-        """Queue a failed or cancelled run again."""
-        return RunRecord.from_json(self._call("POST", f"/v1/runs/{_seg(run_id)}/resume"))
+    def resume(self, run_id: str, from_snapshot: str | None = None) -> RunRecord:
+        """Queue a failed or cancelled run again; with ``from_snapshot`` (snapshot road),
+        roll it back to that snapshot of its own."""
+        path = f"/v1/runs/{_seg(run_id)}/resume"
+        return RunRecord.from_json(self._call("POST", path, json={"snapshot": from_snapshot}))
 
     # -- the log and events ---------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The HTTP API over one store: `create_app(store, token)`.
 
 The server enqueues runs and reads and changes their state; `torpor worker` processes
-execute them. Every endpoint under ``/v1`` and ``/metrics`` needs the bearer token.
+execute them. Every endpoint under ``/v1`` and ``/metrics`` needs the bearer token, or the
+dashboard's session cookie (``/dashboard/``, see `_dashboard`).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from fastapi.security import HTTPBearer
 from .. import __version__
 from .. import runtime as _runtime
 from .._errors import TorporError, WorkflowNotFoundError
-from .._model import RunStatus, SnapshotRecord
+from .._model import Road, RunStatus, SnapshotRecord
 from ..replay._engine import encode_input
 from ..replay._registry import WorkflowDef, load_source, lookup_workflow, register_workflow
 from ..replay._steps import workflow_def
 from ..runtime._snapshot_road import checkpoint_now
 from ..store import Store
 from ._auth import check_bearer
+from ._dashboard import SESSION_COOKIE, install_dashboard, require_session
 from ._errors import ApiError, BodyLimit, install_error_handlers
 from ._metrics import StoreMetrics
 from ._schemas import (
@@ -40,6 +42,7 @@ from ._schemas import (
     ForkRequest,
     HealthOut,
     LogEntryOut,
+    ResumeRequest,
     RunOut,
     SnapshotOut,
     StartRequest,
@@ -122,6 +125,9 @@ def create_app(store: Store, token: str, *, max_body_bytes: int | None = None) -
 
     def authenticate(request: Request, _: Annotated[Any, Security(_BEARER)] = None) -> None:
         ok = check_bearer(request.headers.get("authorization"), token)
+        if ok is None and request.cookies.get(SESSION_COOKIE):
+            require_session(request, token)  # the dashboard's pages calling the API
+            return
         if ok is None:
             raise ApiError(
                 401,
@@ -253,15 +259,27 @@ def create_app(store: Store, token: str, *, max_body_bytes: int | None = None) -
 
     @v1.post("/runs/{run_id}/fork", response_model=RunOut, status_code=201, tags=["runs"])
     def fork_run(run_id: RunIdPath, body: ForkRequest | None = None) -> Any:
-        """A new run reusing the recorded results of calls before ``at``; workers execute it."""
-        at = body.at if body is not None else None
+        """A new run reusing the recorded results of calls before ``at`` (replay road), or
+        restoring ``snapshot`` (snapshot road); workers execute it."""
+        at: int | str | None = body.at if body is not None else None
+        if body is not None and body.snapshot is not None:
+            if body.at is not None:
+                raise ApiError(422, "ValidationError", "give either 'at' or 'snapshot', not both")
+            if store.get_run(run_id).road is not Road.SNAPSHOT:
+                raise TorporError(
+                    f"run {run_id} is on the replay road: it has no snapshots; fork it at a "
+                    "call position with 'at'"
+                )
+            at = body.snapshot
         child = _runtime.fork(run_id, at, detach=True, store=store)
         return store.get_run(child.id).to_json()
 
     @v1.post("/runs/{run_id}/resume", response_model=RunOut, tags=["runs"])
-    def resume_run(run_id: RunIdPath) -> Any:
-        """Queue a failed or cancelled run again; recorded results are kept."""
-        _runtime.resume(run_id, detach=True, store=store)
+    def resume_run(run_id: RunIdPath, body: ResumeRequest | None = None) -> Any:
+        """Queue a failed or cancelled run again; recorded results are kept. With
+        ``snapshot`` (snapshot road): roll the run back to that snapshot of its own."""
+        snapshot = body.snapshot if body is not None else None
+        _runtime.resume(run_id, from_snapshot=snapshot, detach=True, store=store)
         return store.get_run(run_id).to_json()
 
     @v1.get("/runs/{run_id}/snapshots", response_model=list[SnapshotOut], tags=["snapshots"])
@@ -287,6 +305,7 @@ def create_app(store: Store, token: str, *, max_body_bytes: int | None = None) -
         return CHECKPOINT(store, run_id).to_json()
 
     app.include_router(v1)
+    install_dashboard(app, token)
     return app
 
 

@@ -54,12 +54,25 @@ class StartRequest(_Strict):
     priority: int = Field(0, ge=-(2**31), le=2**31 - 1, description="Higher runs first.")
 
 
+class ResumeRequest(_Strict):
+    snapshot: Name | None = Field(
+        None,
+        description="Snapshot road: roll the run back to this snapshot of its own (the log "
+        "keeps its history and records the rollback). Without it: queue a failed or "
+        "cancelled run again.",
+    )
+
+
 class ForkRequest(_Strict):
     at: int | None = Field(
         None,
         ge=1,
         le=MAX_INT,
-        description="Re-execute from this call position (default: after all recorded calls).",
+        description="Replay road: re-execute from this call position (default: after all "
+        "recorded calls).",
+    )
+    snapshot: Name | None = Field(
+        None, description="Snapshot road: the snapshot to restore (default: the newest)."
     )
 
 
