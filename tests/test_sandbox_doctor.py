@@ -138,18 +138,31 @@ def test_doctor_finds_and_removes_a_stale_criu_cache_lock(
 ) -> None:
     from torpor.cli import _doctor
 
-    stale = tmp_path / "criu.kdat.tmp"
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = run / "criu.kdat.tmp"
     monkeypatch.setattr(_doctor, "_KDAT_TMP", stale)
     lines: list[str] = []
+    monkeypatch.setattr(_doctor, "_fstype", lambda path: "ext4")
     _doctor._check_criu_cache(_doctor._Report(lines.append), cleanup=False)
-    assert lines == []  # no file, nothing to say
+    assert len(lines) == 1 and "is not a tmpfs, so CRIU keeps no cache" in lines.pop()
 
+    monkeypatch.setattr(_doctor, "_fstype", lambda path: "tmpfs")
+    _doctor._check_criu_cache(_doctor._Report(lines.append), cleanup=False)
+    assert lines == []  # no leftover, nothing to say
     stale.touch()
     _doctor._check_criu_cache(_doctor._Report(lines.append), cleanup=False)
     assert lines == []  # fresh: a criu may be writing it
     os.utime(stale, (0, 0))
     _doctor._check_criu_cache(_doctor._Report(lines.append), cleanup=False)
-    assert len(lines) == 1 and "cannot cache the kernel's features" in lines[0]
+    assert len(lines) == 1 and "CRIU cannot cache the kernel's features" in lines[0]
     assert "torpor doctor --cleanup" in lines[0] and stale.exists()
     _doctor._check_criu_cache(_doctor._Report(lines.append), cleanup=True)
     assert "removed the stale" in lines[1] and not stale.exists()
+
+
+def test_fstype_reads_the_mount_table() -> None:
+    from torpor.cli import _doctor
+
+    assert _doctor._fstype("/proc") == "proc"
+    assert _doctor._fstype("/no/such/mount") is None

@@ -269,23 +269,39 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-# CRIU caches what it learnt of the kernel in /run/criu.kdat, written through this file
-# opened with O_EXCL: a criu killed while writing it leaves it behind, and no criu can write
-# the cache again until it is removed; each dump and restore then probes the kernel anew.
+# CRIU caches what it learnt of the kernel in /run/criu.kdat, only when /run is a tmpfs,
+# writing it through this file opened with O_EXCL: a criu killed while writing it leaves it
+# behind, and no criu can write the cache again until it is removed.
 _KDAT_TMP = Path("/run/criu.kdat.tmp")
 
 
+def _fstype(mountpoint: str) -> str | None:
+    try:
+        with open("/proc/mounts") as mounts:
+            found = [line.split()[2] for line in mounts if line.split()[1:2] == [mountpoint]]
+    except OSError:
+        return None
+    return found[-1] if found else None
+
+
 def _check_criu_cache(report: _Report, cleanup: bool) -> None:
+    if _fstype(str(_KDAT_TMP.parent)) != "tmpfs":
+        report.note(
+            "criu cache",
+            f"{_KDAT_TMP.parent} is not a tmpfs, so CRIU keeps no cache of the kernel's "
+            "features and probes them on each call (tens of ms, most visible in lazy "
+            "restores, whose page daemon probes them too)",
+        )
+        return
     try:
         age = time.time() - _KDAT_TMP.stat().st_mtime
     except OSError:
-        return  # no stale file (or no /run): nothing to say
+        return  # no leftover: nothing to say
     if age < 60:
         return  # a criu may be writing it right now
     what = (
         f"{_KDAT_TMP} is left over from a criu killed {age / 60:.0f} min ago: CRIU cannot "
-        "cache the kernel's features and probes them again on every dump and restore "
-        "(~35 ms each)"
+        "cache the kernel's features and probes them again on every call"
     )
     if not cleanup:
         report.warn("criu cache", what, "torpor doctor --cleanup (removes that file)")
