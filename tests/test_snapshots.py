@@ -440,8 +440,13 @@ def test_delete_and_gc_free_only_unshared_chunks(
     a = snaps.save(make_checkpoint(tmp_path / "a", seed=1), run_id=run, seq=1)
     b = snaps.save(make_checkpoint(tmp_path / "b", seed=2), run_id=run, seq=2)
     before = stored_chunk_keys(blobs)
+    assert snaps.get(a).id == a and store.get_snapshot(a) is not None
     snaps.delete(a)
     assert [r.id for r in snaps.list_snapshots(run)] == [b]
+    assert store.get_snapshot(a) is None and [r.id for r in store.list_snapshots(run)] == [b]
+    assert not store.delete_snapshot(a)  # already gone
+    with pytest.raises(SnapshotNotFoundError):
+        snaps.get(a)
     with pytest.raises(SnapshotNotFoundError):
         snaps.load(a, tmp_path / "gone")
     report = snaps.gc()

@@ -363,11 +363,10 @@ class SnapshotStore:
         Raises:
             SnapshotNotFoundError: there is none (or it was deleted).
         """
-        run_id = snapshot_id.rsplit(".", 2)[0]
-        for record in self.list_snapshots(run_id):
-            if record.id == snapshot_id:
-                return record
-        raise SnapshotNotFoundError(snapshot_id)
+        record = self.store.get_snapshot(snapshot_id)
+        if record is None or self.blobs.exists(f"deleted/{snapshot_id}"):
+            raise SnapshotNotFoundError(snapshot_id)
+        return record
 
     # -- loading --------------------------------------------------------------------------
 
@@ -599,9 +598,7 @@ class SnapshotStore:
         self.get(snapshot_id)
         # The tombstone is durable before anything else: a crash leaves it deleted.
         self.blobs.put(f"deleted/{snapshot_id}", b"", durable=True)
-        remove = getattr(self.store, "delete_snapshot", None)
-        if callable(remove):  # stores that can drop the row (see docs/snapshots.md)
-            remove(snapshot_id)
+        self.store.delete_snapshot(snapshot_id)
 
     def delete_run(self, run_id: str) -> list[SnapshotId]:
         """Delete every snapshot of a run; returns their ids."""

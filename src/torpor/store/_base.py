@@ -233,6 +233,15 @@ class Store(ABC):
     def list_snapshots(self, run_id: str) -> list[SnapshotRecord]:
         """A run's snapshots, oldest first."""
 
+    @abstractmethod
+    def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
+        """The listed snapshot with this id, None if there is none."""
+
+    @abstractmethod
+    def delete_snapshot(self, snapshot_id: str) -> bool:
+        """Unlist a snapshot (its chunks are the snapshot store's to collect); False if it
+        was not listed."""
+
     # -- housekeeping ---------------------------------------------------------------------
 
     @abstractmethod

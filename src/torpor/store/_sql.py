@@ -614,6 +614,20 @@ class SqlStore(Store):
                 ),
             )
 
+    def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
+        with self._read() as tx:
+            row = tx.execute(
+                f"SELECT {_SNAPSHOT_COLUMNS} FROM torpor_snapshots WHERE id = ?", (snapshot_id,)
+            ).fetchone()
+        return None if row is None else _snapshot_from_row(row)
+
+    def delete_snapshot(self, snapshot_id: str) -> bool:
+        with self._write() as tx:
+            row = tx.execute(
+                "DELETE FROM torpor_snapshots WHERE id = ? RETURNING id", (snapshot_id,)
+            ).fetchone()
+        return row is not None
+
     def list_snapshots(self, run_id: str) -> list[SnapshotRecord]:
         with self._read() as tx:
             self._get_run(tx, run_id)
