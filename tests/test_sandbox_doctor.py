@@ -143,11 +143,11 @@ def test_doctor_finds_and_removes_a_stale_criu_cache_lock(
     stale = run / "criu.kdat.tmp"
     monkeypatch.setattr(_doctor, "_KDAT_TMP", stale)
     lines: list[str] = []
-    monkeypatch.setattr(_doctor, "_fstype", lambda path: "ext4")
+    monkeypatch.setattr(_doctor, "fstype", lambda path: "ext4")
     _doctor._check_criu_cache(_doctor._Report(lines.append), cleanup=False)
     assert len(lines) == 1 and "is not a tmpfs, so CRIU keeps no cache" in lines.pop()
 
-    monkeypatch.setattr(_doctor, "_fstype", lambda path: "tmpfs")
+    monkeypatch.setattr(_doctor, "fstype", lambda path: "tmpfs")
     _doctor._check_criu_cache(_doctor._Report(lines.append), cleanup=False)
     assert lines == []  # no leftover, nothing to say
     stale.touch()
@@ -164,5 +164,5 @@ def test_doctor_finds_and_removes_a_stale_criu_cache_lock(
 def test_fstype_reads_the_mount_table() -> None:
     from torpor.cli import _doctor
 
-    assert _doctor._fstype("/proc") == "proc"
-    assert _doctor._fstype("/no/such/mount") is None
+    assert _doctor.fstype("/proc") == "proc"
+    assert _doctor.fstype("/no/such/mount") is None

@@ -18,6 +18,7 @@ from .._config import Settings, redact_url
 from .._errors import CriuNotFoundError, TorporError
 from ..sandbox import Criu, Sandbox, find_criu, find_orphans, remove_orphans
 from ..sandbox._cgroup import available_controllers
+from ..sandbox._criu import fstype
 from ..sandbox._host import has_sys_admin
 from ..store import SCHEMA_VERSION, open_store
 
@@ -275,22 +276,13 @@ def _mkdir(path: Path) -> Path:
 _KDAT_TMP = Path("/run/criu.kdat.tmp")
 
 
-def _fstype(mountpoint: str) -> str | None:
-    try:
-        with open("/proc/mounts") as mounts:
-            found = [line.split()[2] for line in mounts if line.split()[1:2] == [mountpoint]]
-    except OSError:
-        return None
-    return found[-1] if found else None
-
-
 def _check_criu_cache(report: _Report, cleanup: bool) -> None:
-    if _fstype(str(_KDAT_TMP.parent)) != "tmpfs":
+    if fstype(str(_KDAT_TMP.parent)) != "tmpfs":
         report.note(
             "criu cache",
             f"{_KDAT_TMP.parent} is not a tmpfs, so CRIU keeps no cache of the kernel's "
-            "features and probes them on each call (tens of ms, most visible in lazy "
-            "restores, whose page daemon probes them too)",
+            "features there; lazy restores run criu with a /run of its own on a tmpfs "
+            "(/dev/shm/torpor-criu-run) to keep one",
         )
         return
     try:

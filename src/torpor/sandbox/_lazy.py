@@ -112,7 +112,8 @@ class LazyPages:
         self._expected = expected
         ready_r, ready_w = os.pipe()
         args = [
-            self._criu.path, "lazy-pages", "-D", str(self.images), "--work-dir", str(self.state),
+            *self._criu.command(cached=True), "lazy-pages", "-D", str(self.images),
+            "--work-dir", str(self.state),
             "--status-fd", str(ready_w), "-o", str(self.log), "-v1",
         ]  # fmt: skip
         fds = [ready_w]

@@ -316,8 +316,9 @@ class Sandbox:
             # could not be restored under that limit.
             set_pids_limit(box._cgroups, None)
             box.timings["criu_restore"] = criu.run(
-                args, log=log, sandbox_id=sandbox_id, operation="restore"
-            )
+                args, log=log, sandbox_id=sandbox_id, operation="restore",
+                cached=box._lazy is not None,
+            )  # fmt: skip
             set_pids_limit(box._cgroups, checkpoint.pids_limit)
             os.replace(log, directory / "restore.log")
             box._pid = int(pidfile.read_text())
