@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
 import statistics
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+# Where the report goes; bench/report.py --quick points this elsewhere (TORPOR_BENCH_DOCS) so
+# a smoke run does not overwrite the committed figures. Plots go beside it, and every
+# script's measurements as JSON under bench-results/, from which the summary is generated.
+DOCS = Path(
+    os.environ.get("TORPOR_BENCH_DOCS")
+    or Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+)
+RESULTS = DOCS.parent / "bench-results"
 
 _HEADER = """# Benchmarks
 
@@ -45,6 +55,15 @@ def write_section(name: str, markdown: str) -> None:
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}\n"
     DOCS.parent.mkdir(parents=True, exist_ok=True)
     DOCS.write_text(text)
+
+
+def save_results(name: str, data: dict[str, Any]) -> Path:
+    """Write one benchmark's measurements to bench-results/NAME.json, with the machine."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    record = {"bench": name, "machine": machine(), "finished": time.time(), **data}
+    path.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    return path
 
 
 def rss_mb(pid: int) -> float:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median_spread, progress, write_section
+from _common import machine, median_spread, progress, save_results, write_section
 from torpor import Settings
 from torpor.store import open_store
 from torpor.testing import TemporaryPostgres
@@ -176,6 +176,23 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
+        keys = (
+            "store",
+            "writers",
+            "torpor_per_s",
+            "torpor_min",
+            "torpor_max",
+            "bare_per_s",
+            "ratio",
+        )
+        save_results(
+            "log_append",
+            {
+                "args": vars(args),
+                "payload_bytes": len(json.dumps(PAYLOAD)),
+                "rows": [dict(zip(keys, row, strict=True)) for row in rows],
+            },
+        )
         write_section("log_append", table)
         progress("wrote docs/benchmarks.md")
 

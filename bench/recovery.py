@@ -58,10 +58,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torpor
-from _common import machine, median_spread, progress, write_section
+from _common import DOCS, machine, median_spread, progress, save_results, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
-PLOT = ROOT / "docs" / "recovery.png"
+PLOT = DOCS.parent / "recovery.png"
 EXTRA_TURNS = 3  # the agent goes on this many turns past the crash point, then answers
 
 
@@ -774,7 +774,8 @@ def _reading(trials: list[Trial], turns: list[int]) -> list[str]:
         "the replay road recovers faster at every length measured; the snapshot road's "
         "advantage is what the replay road cannot do at all (memory, files and subprocesses "
         "come back as they were) and a recovery cost that does not grow with the journal. "
-        "In this run the snapshot road paid three more costs, visible in the logs: (1) the "
+        "In an earlier run (notes written from its logs, not regenerated: check them against "
+        "the table) the snapshot road paid three more costs: (1) the "
         "fetch reads one blob per chunk, and the sandboxed agent's images (60–90 MB, it "
         "imports both SDKs) are cut in 4 KiB windows below 64 MiB (~15,000–17,000 chunks, "
         "fetch ~1.7–1.9 s) but in 16 KiB windows above (~6,000 chunks, ~0.5–0.9 s), so the "
@@ -1074,14 +1075,22 @@ def main() -> None:
                 setattr(args, key, saved["args"][key])
         elapsed += saved["elapsed"]
 
-    Path(args.raw).write_text(json.dumps({
-        "args": vars(args), "criu": env.criu, "trials": [asdict(t) for t in trials], "sw": sw,
-        "mem": mem, "elapsed": elapsed, "load": load}))  # fmt: skip
+    raw = {
+        "args": vars(args),
+        "criu": env.criu,
+        "trials": [asdict(t) for t in trials],
+        "sw": sw,
+        "mem": mem,
+        "elapsed": elapsed,
+        "load": load,
+    }
+    Path(args.raw).write_text(json.dumps(raw))
     progress(f"raw measurements: {args.raw}")
     plotted = bool(trials) and plot(trials, [int(t) for t in args.turns.split(",")])
     table = report(args, env, trials, sw, mem, plotted, elapsed, load)
     print(table)
     if not args.no_write:
+        save_results("recovery", raw)
         write_section("recovery", table)
         progress("wrote docs/benchmarks.md" + (" and docs/recovery.png" if plotted else ""))
 

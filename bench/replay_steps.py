@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, progress, write_section
+from _common import machine, progress, save_results, write_section
 from torpor.testing import TemporaryPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,6 +144,25 @@ def main() -> None:
     table = _report(series, args)
     print(table)
     if not args.no_write:
+        save_results(
+            "replay_steps",
+            {
+                "args": vars(args),
+                "series": [
+                    {
+                        "peer": s.peer,
+                        "variant": s.variant,
+                        "label": s.label,
+                        "backend": s.backend,
+                        "per_step_us": s.median("per_step_us"),
+                        "workflows_per_second": s.median("workflows_per_second"),
+                        "rows": s.rows,
+                        "errors": s.errors,
+                    }
+                    for s in series
+                ],
+            },
+        )
         write_section("replay_steps", table)
         progress("wrote docs/benchmarks.md")
 

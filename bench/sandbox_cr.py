@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median_spread, progress, rss_mb, write_section
+from _common import machine, median_spread, progress, rss_mb, save_results, write_section
 from torpor import Settings
 from torpor.sandbox import Sandbox, find_criu
 from torpor.sandbox._host import become_subreaper, start_time
@@ -188,6 +188,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-", dir=settings.home))
     load_before = os.getloadavg()[0]
     rows = []
+    measured: list[dict[str, object]] = []
     launches: list[float] = []
     try:
         for size in args.sizes.split(","):
@@ -208,6 +209,19 @@ def main() -> None:
 
             ck, dump = col(ours, "checkpoint"), col(bare, "dump")
             rs, brs = col(ours, "restore"), col(bare, "restore")
+            measured.append(
+                {
+                    "workload": _label(size),
+                    "size": size,
+                    "rss_mb": median_spread(col(ours, "rss_mb"))[0],
+                    "torpor_image_mb": median_spread(col(ours, "image_mb"))[0],
+                    "bare_image_mb": median_spread(col(bare, "image_mb"))[0],
+                    "torpor_checkpoint_s": ck,
+                    "bare_dump_s": dump,
+                    "torpor_restore_s": rs,
+                    "bare_restore_s": brs,
+                }
+            )
             rows.append(
                 f"| {_label(size)} | {median_spread(col(ours, 'rss_mb'))[0]:.0f} "
                 f"| {median_spread(col(ours, 'image_mb'))[0]:.1f} "
@@ -254,6 +268,17 @@ def main() -> None:
     )
     print(table)
     if not args.no_write:
+        save_results(
+            "sandbox_cr",
+            {
+                "args": vars(args),
+                "criu_version": str(criu.version),
+                "workloads": measured,
+                "launch_s": launches,
+                "fork_s": forks,
+                "checkpoint_leave_running_s": running,
+            },
+        )
         write_section("sandbox_cr", table)
 
 

@@ -4,16 +4,22 @@ Workloads: a small Python agent that works in turns (its conversation grows in m
 writes a file), and processes holding 200 MB and 1 GB of partly compressible memory (a third
 random, a third base64 text, a third sparse structures) that rewrite 1 MB of it per turn.
 For each: the first snapshot's stored size and save time; the next snapshot's, after one
-turn; restore-to-running (fetch + decompress into /dev/shm + CRIU restore) from the store
-and from the tar.zst baseline. Also: page chunk sizes compared on the small agent.
+turn; restore-to-running from the store, normal (fetch + decompress into /dev/shm + CRIU
+restore) and lazy (fetch all but the lazy pages + `criu restore --lazy-pages`, the memory
+then streamed from the store), alternated in the same round, plus when the lazy restore's
+pages were all in; a lazy restore from a local, complete checkpoint (the worker's own); and
+the tar.zst baseline. Also: page chunk sizes compared on the small agent. Measurements go to
+bench-results/snapshot_store.json as well.
 
-usage: .venv/bin/python bench/snapshot_store.py [--sizes small,200,1024] [--repeat R] [--no-write]
+usage: .venv/bin/python bench/snapshot_store.py [--sizes small,200,1024] [--repeat R]
+       [--restores N] [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,13 +27,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median_spread, progress, rss_mb, write_section
+from _common import DOCS as REPORT
+from _common import machine, median_spread, progress, rss_mb, save_results, write_section
 from torpor import Road, Settings
+from torpor._model import SnapshotRecord
 from torpor.sandbox import Checkpoint, Sandbox, find_criu
 from torpor.snapshots import LocalBlobStore, SnapshotStore
 from torpor.store import open_store
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = REPORT.parent  # the plot goes beside the report
 
 AGENT = """
 import json, os, time
@@ -95,11 +103,12 @@ def _untar(archive: Path, into: Path) -> float:
     return time.perf_counter() - started
 
 
-def _restore_and_check(checkpoint: Checkpoint, settings: Settings) -> float:
+def _restore_and_check(checkpoint: Checkpoint, settings: Settings, lazy: bool = False) -> float:
     started = time.perf_counter()
-    box = Sandbox.restore(checkpoint, settings=settings)
+    box = Sandbox.restore(checkpoint, settings=settings, lazy=lazy)
     elapsed = time.perf_counter() - started
     try:
+        box.wait_pages(600)
         if box.poll() is not None:
             raise RuntimeError("the restored sandbox did not keep running")
     finally:
@@ -107,7 +116,54 @@ def _restore_and_check(checkpoint: Checkpoint, settings: Settings) -> float:
     return elapsed
 
 
-def _round(size: str, scratch: Path, settings: Settings) -> dict[str, float]:
+def _lazy_from_store(
+    snaps: SnapshotStore, record: SnapshotRecord, into: Path, settings: Settings
+) -> dict[str, float]:
+    """Restore-to-running with lazy pages from the store, and when the pages were all in."""
+    started = time.perf_counter()
+    loaded = snaps.load(record, into, lazy=True)
+    box = Sandbox.restore(loaded.checkpoint(), settings=settings, lazy=True, pages=loaded.pages)
+    running = (time.perf_counter() - started) * 1000
+    try:
+        box.wait_pages(600)
+        pages_in = (time.perf_counter() - started) * 1000
+        if box.poll() is not None:
+            raise RuntimeError("the lazily restored sandbox did not keep running")
+    finally:
+        box.teardown()
+        shutil.rmtree(into)
+    return {
+        "lazy_fetch_ms": loaded.fetch_ms,
+        "lazy_restore_ms": running - loaded.fetch_ms,
+        "lazy_to_running_ms": running,
+        "lazy_pages_in_ms": pages_in,
+    }
+
+
+def _store_restores(
+    snaps: SnapshotStore, record: SnapshotRecord, shm: Path, settings: Settings, n: int
+) -> dict[str, float]:
+    """Normal and lazy restore-to-running from the store, alternated ``n`` times; medians.
+    A lazy restore of the normally loaded (complete, local) directory rides along."""
+    samples: dict[str, list[float]] = {}
+    for i in range(n):
+        loaded = snaps.load(record, shm / "from-store")
+        normal = _restore_and_check(loaded.checkpoint(), settings) * 1000
+        local = _restore_and_check(loaded.checkpoint(), settings, lazy=True) * 1000
+        shutil.rmtree(shm / "from-store")
+        one = {
+            "fetch_ms": loaded.fetch_ms,
+            "restore_ms": normal,
+            "store_to_running_ms": loaded.fetch_ms + normal,
+            "local_lazy_restore_ms": local,
+            **_lazy_from_store(snaps, record, shm / f"lazy-{i}", settings),
+        }
+        for key, value in one.items():
+            samples.setdefault(key, []).append(value)
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def _round(size: str, scratch: Path, settings: Settings, restores: int) -> dict[str, float]:
     store = open_store(f"sqlite://{scratch / 'torpor.db'}")
     snaps = SnapshotStore(store, LocalBlobStore(scratch / "blobs"))
     run = store.create_run("bench", road=Road.SNAPSHOT).id
@@ -138,11 +194,7 @@ def _round(size: str, scratch: Path, settings: Settings) -> dict[str, float]:
         shutil.rmtree(ck1.directory)
         shutil.rmtree(ck2.directory)
 
-        loaded = snaps.load(second, shm / "from-store")
-        out["fetch_ms"] = loaded.fetch_ms
-        out["restore_ms"] = _restore_and_check(loaded.checkpoint(), settings) * 1000
-        out["store_to_running_ms"] = out["fetch_ms"] + out["restore_ms"]
-        shutil.rmtree(shm / "from-store")
+        out.update(_store_restores(snaps, second, shm, settings, restores))
         out["tar_fetch_ms"] = _untar(scratch / "ck2.tar.zst", shm / "from-tar") * 1000
         tar_restore = _restore_and_check(Checkpoint.load(shm / "from-tar"), settings) * 1000
         out["tar_to_running_ms"] = out["tar_fetch_ms"] + tar_restore
@@ -232,6 +284,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="small,200,1024")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--restores", type=int, default=3, help="restores per round (medians)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     base = Settings.from_env()
@@ -252,13 +305,13 @@ def main() -> None:
                 repeat = 1
             for i in range(repeat):
                 progress(f"{_label(size)}: round {i + 1}/{repeat}")
-                results.setdefault(size, []).append(_round(size, scratch, settings))
+                results.setdefault(size, []).append(_round(size, scratch, settings, args.restores))
     lines = [
         f"Machine: {machine()}; CRIU {criu.version}; blob store: a local directory (ext4); "
         "zstd level 3; medians (min-max) of the rounds. *Next* is the snapshot after one "
         "agent turn (the small agent appends to its conversation and writes a file; the big "
-        "processes rewrite 1 MB of their memory). Restore to running = fetch and decompress "
-        "into /dev/shm + `Sandbox.restore` (CRIU, normal, not lazy).",
+        "processes rewrite 1 MB of their memory). Store → running = fetch and decompress "
+        "into /dev/shm + `Sandbox.restore` (CRIU, normal); lazy variants in the next table.",
         "",
         "| workload | RSS MB | raw MB | first stored MB | tar\\|zstd MB | next stored kB "
         "| next new/all chunks | save first ms | save next ms | tar\\|zstd ms "
@@ -276,6 +329,33 @@ def main() -> None:
             f"| {col('next_new_chunks')}/{col('chunks')} | {col('first_save_ms')} "
             f"| {col('next_save_ms')} | {col('tar_next_ms')} | {col('store_to_running_ms')} "
             f"| {col('tar_to_running_ms')} |"
+        )
+    lines += [
+        "",
+        f"Restore to running, normal against lazy, alternated {args.restores}x per round "
+        "(medians of the rounds' medians). *Lazy from the store*: load all but the lazy pages "
+        "(`SnapshotStore.load(lazy=True)`) + `criu restore --lazy-pages`, the memory then "
+        "streamed from the store by torpor's page server; *pages in*: until the last page "
+        "was copied. *Lazy, local*: `Sandbox.restore(lazy=True)` of a complete checkpoint "
+        "already in /dev/shm (a worker waking its own recent checkpoint).",
+        "",
+        "| workload | normal: store → running ms | lazy: store → running ms (fetch + restore) "
+        "| normal ÷ lazy | lazy: pages in ms | normal restore from /dev/shm ms "
+        "| lazy restore from /dev/shm ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for size, rounds in results.items():
+
+        def med(key: str, rounds: list[dict[str, float]] = rounds) -> float:
+            return statistics.median(r[key] for r in rounds)
+
+        lines.append(
+            f"| {_label(size)} | {med('store_to_running_ms'):.0f} "
+            f"| {med('lazy_to_running_ms'):.0f} ({med('lazy_fetch_ms'):.0f} + "
+            f"{med('lazy_restore_ms'):.0f}) "
+            f"| {med('store_to_running_ms') / med('lazy_to_running_ms'):.1f}x "
+            f"| {med('lazy_pages_in_ms'):.0f} | {med('restore_ms'):.0f} "
+            f"| {med('local_lazy_restore_ms'):.0f} |"
         )
     lines += [
         "",
@@ -300,6 +380,18 @@ def main() -> None:
     text = "## Snapshot store (`bench/snapshot_store.py`)\n\n" + "\n".join(lines)
     print(text)
     if not args.no_write:
+        save_results(
+            "snapshot_store",
+            {
+                "args": vars(args),
+                "criu_version": str(criu.version),
+                "rounds": results,
+                "windows": [
+                    dict(zip(("window", "first_mb", "next_kb", "chunks"), w, strict=True))
+                    for w in windows
+                ],
+            },
+        )
         write_section("snapshot_store", text)
 
 

