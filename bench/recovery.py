@@ -42,6 +42,7 @@ At the defaults it takes ~14 minutes on 2 cores; --quick measures 10 and 100 tur
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -353,8 +354,18 @@ def recovery_series(
                 trial.ok = ok
                 if note:
                     trial.note = (trial.note + "; " if trial.note else "") + note
-            # Paid twice over the whole run: model requests beyond the recorded calls.
-            trials[-1].paid_twice = server.call_count - recorded
+            # Paid twice, per crash: the script answers by the conversation, so a request's
+            # number of tool results is its turn; the one call a crash may pay twice is
+            # the one in flight at the kill, turn `turns_at_crash` (a different turn for
+            # every crash of the run).
+            sent = collections.Counter(len(r.tool_results) for r in server.calls)
+            for trial in trials:
+                trial.paid_twice = max(0, sent[trial.turns_at_crash] - 1)
+            other = server.call_count - recorded - sum(t.paid_twice for t in trials)
+            if other:  # a call repeated that was not in flight at a kill: a bug to report
+                trials[-1].note = (trials[-1].note + "; " if trials[-1].note else "") + (
+                    f"{other} repeated model requests not in flight at a kill"
+                )
         finally:
             for proc in [worker, *standby]:
                 env.stop(proc)
