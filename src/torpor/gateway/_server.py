@@ -43,6 +43,7 @@ class GatewayServer:
         self._active = 0
         self._idle = threading.Condition()
         self._closed = False
+        self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we made
         self.quiescing = threading.Event()
 
     def open(self) -> None:
@@ -59,6 +60,8 @@ class GatewayServer:
             finally:
                 os.close(folder)
             os.chmod(self.path, 0o600)
+            made = self.path.stat()
+            self._bound = (made.st_dev, made.st_ino)
             listener.listen(16)
             self._listener = listener
         threading.Thread(
@@ -103,9 +106,20 @@ class GatewayServer:
             listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
-            self.path.unlink(missing_ok=True)
+            self._unlink_own()
         with self._idle:
             return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    def _unlink_own(self) -> None:
+        """Remove the socket file if it is still the one this server made: a worker that
+        lost its run (paused past its lease) must not remove the gateway of the worker that
+        restored the run since, in a directory of the same name."""
+        try:
+            now = self.path.stat()
+        except FileNotFoundError:
+            return
+        if (now.st_dev, now.st_ino) == self._bound:
+            self.path.unlink(missing_ok=True)
 
     def reopen(self, path: Path | None = None) -> None:
         if path is not None:

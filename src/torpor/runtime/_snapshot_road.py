@@ -179,8 +179,9 @@ class SnapshotRoadRun:
     def _restore_latest(self) -> Restored:
         """Restore the run's newest snapshot. A sandbox of the same id still running on this
         machine is an earlier incarnation of this run whose worker lost the lease (stopped
-        or paused past it: alive, so not an orphan). This worker holds the run now, so that
-        copy is killed first; its worker, should it go on, finds its writes fenced off."""
+        or paused past it: alive, so not an orphan). This worker holds the run now: that
+        copy is killed, and the snapshot restored under a new sandbox id, since the old
+        worker, should it go on, still owns the old id's directory and gateway socket."""
         from ..sandbox import SandboxError
         from ..sandbox._host import alive, kill_tree
         from ..sandbox._records import read_sandbox_meta
@@ -194,12 +195,15 @@ class SnapshotRoadRun:
             if not alive(meta.get("pid"), meta.get("pid_start")):
                 raise
             log.warning(
-                "run %s: sandbox %s still runs for a worker that lost the run; killed it",
+                "run %s: sandbox %s still runs for a worker that lost the run; killed it, "
+                "restoring under a new sandbox id",
                 self.run.id,
                 exc.sandbox_id,
             )
             kill_tree(meta["pid"], meta.get("pid_start"))
-        return restore_latest(self.snapshots, self.run.id, settings=self.settings, skip=skip)
+        return restore_latest(
+            self.snapshots, self.run.id, settings=self.settings, skip=skip, fork=True
+        )
 
     def _rolled_back(self) -> set[str]:
         """Snapshots of timelines `torpor resume --from` rolled the run back from."""

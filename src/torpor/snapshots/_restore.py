@@ -66,8 +66,12 @@ def restore(
     root: str | os.PathLike[str] | None = None,
     settings: Settings | None = None,
     lazy: bool = False,
+    fork: bool = False,
 ) -> Restored:
     """Load a snapshot (verifying every chunk) and restore its sandbox.
+
+    With ``fork``, the sandbox gets a new id (`Sandbox.fork`): for when the snapshot's own
+    sandbox may still be alive on this machine, whose paths a restore would share.
 
     With ``lazy``, only what the restore itself reads is loaded first; the sandbox runs at
     once and its private memory follows from the store, each chunk verified as it arrives
@@ -91,7 +95,8 @@ def restore(
         checkpoint = loaded.checkpoint()
         # Before CRIU: the code the process had mapped must be the same files here.
         check_base_root(target, checkpoint.base_root, record.id)
-        sandbox = Sandbox.restore(checkpoint, settings=settings, lazy=lazy, pages=loaded.pages)
+        make = Sandbox.fork if fork else Sandbox.restore
+        sandbox = make(checkpoint, settings=settings, lazy=lazy, pages=loaded.pages)
     except BaseException:
         if loaded.pages is not None:
             loaded.pages.close()
@@ -115,10 +120,12 @@ def restore_latest(
     settings: Settings | None = None,
     skip: Collection[str] = (),
     lazy: bool = False,
+    fork: bool = False,
 ) -> Restored:
     """Restore the run's newest snapshot whose chunks are all intact, newest first.
 
-    ``skip``: snapshot ids not to restore (those a rollback left behind).
+    ``skip``: snapshot ids not to restore (those a rollback left behind). ``fork``: as for
+    `restore`.
 
     Raises:
         SnapshotNotFoundError: the run has no snapshot.
@@ -132,7 +139,9 @@ def restore_latest(
     skipped: list[SnapshotCorruptError] = []
     for record in reversed(records):
         try:
-            restored = restore(snapshots, record, root=root, settings=settings, lazy=lazy)
+            restored = restore(
+                snapshots, record, root=root, settings=settings, lazy=lazy, fork=fork
+            )
         except SnapshotCorruptError as exc:
             skipped.append(exc)
             continue
