@@ -158,10 +158,9 @@ def trial(
         finally:
             if server is not None:
                 server.terminate()
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     server.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    _kill(server)
+                _kill(server)  # and whatever is left of its process group
     return out
 
 

@@ -26,6 +26,7 @@ T_PROCESS = time.time()  # before the imports: they are part of a restart
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -185,6 +186,8 @@ def _temporal_server(args: argparse.Namespace) -> None:
 
     from temporal_peer import DevServer
 
+    # SIGTERM must run the `finally` below, or the dev server outlives this process.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = DevServer(Path(args.dir), "wal", "full")
     server.start()
     try:
