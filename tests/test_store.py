@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import threading
 import time
@@ -285,6 +286,17 @@ def test_timers_and_snapshots(store: Store) -> None:
     store.add_snapshot(record)
     assert store.list_snapshots(run.id) == [record]
     assert store.list_snapshots(run.id)[0].to_json()["stored_bytes"] == 1_700_000
+    # Listed under a claim: a worker whose claim was superseded lists nothing.
+    first = store.claim_run("w1", 0.05, run_id=run.id)
+    assert first is not None
+    time.sleep(0.1)
+    second = store.claim_run("w2", 30, run_id=run.id)
+    assert second is not None and second.epoch == first.epoch + 1
+    stale = dataclasses.replace(record, id="s-2", seq=4)
+    with pytest.raises(FencedError):
+        store.add_snapshot(stale, epoch=first.epoch)
+    store.add_snapshot(dataclasses.replace(stale, id="s-3"), epoch=second.epoch)
+    assert [s.id for s in store.list_snapshots(run.id)] == ["s-1", "s-3"]
 
 
 def test_schema_is_versioned_and_a_newer_one_is_refused(db_url: str) -> None:

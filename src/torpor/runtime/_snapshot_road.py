@@ -524,7 +524,16 @@ class SnapshotRoadRun:
                 )
                 checkpoint = self.box.checkpoint(images, leave_running=leave_running)
                 write_base_root(checkpoint.directory, base_root)
-                snapshot_id = self.snapshots.save(checkpoint, run_id=self.run.id, seq=seq)
+                snapshot_id = self.snapshots.save(
+                    checkpoint, run_id=self.run.id, seq=seq, epoch=self.run.epoch
+                )
+            except FencedError:
+                # Another worker claimed the run meanwhile: this copy is stale, its snapshot
+                # was not listed; stop here (the new owner restores its own newest).
+                log.warning("run %s: lost the run during a checkpoint; stopping", self.run.id)
+                self.outcome = "fenced"
+                self._done.set()
+                return
             except TorporError as exc:
                 log.warning("run %s: checkpoint failed: %s", self.run.id, exc.message)
                 self._record("warning", {"message": f"checkpoint failed: {exc.message}"})

@@ -176,8 +176,12 @@ class SnapshotStore:
         run_id: str,
         seq: int,
         dump_ms: float | None = None,
+        epoch: int | None = None,
     ) -> SnapshotId:
         """Store a checkpoint (or any directory) as a snapshot of ``run_id`` at log ``seq``.
+
+        ``epoch``: the saving worker's claim of the run; if the run was claimed since, the
+        snapshot is not listed (`FencedError`; its chunks are collected as orphans).
 
         Only chunks not already stored are written. The snapshot is listed in the store only
         after all its chunks and its manifest are durable.
@@ -187,6 +191,7 @@ class SnapshotStore:
         Raises:
             SnapshotError: the directory cannot be read or the blob store written.
             RunNotFoundError: no such run.
+            FencedError: ``epoch`` is no longer the run's.
         """
         started = time.perf_counter()
         if isinstance(checkpoint, str | os.PathLike):
@@ -243,7 +248,7 @@ class SnapshotStore:
                 dump_ms=round(dump_ms or 0.0, 3),
                 store_ms=round((time.perf_counter() - started) * 1000, 3),
             )
-            self.store.add_snapshot(record)
+            self.store.add_snapshot(record, epoch=epoch)
             self._phase("listed")
         finally:
             self.blobs.delete(pending)

@@ -226,8 +226,10 @@ class Store(ABC):
         """A run's timers, by firing time."""
 
     @abstractmethod
-    def add_snapshot(self, record: SnapshotRecord) -> None:
-        """List a snapshot whose chunks and manifest are already durable."""
+    def add_snapshot(self, record: SnapshotRecord, *, epoch: int | None = None) -> None:
+        """List a snapshot whose chunks and manifest are already durable. With ``epoch``
+        (a worker's claim), `FencedError` if the run has been claimed since: a worker that
+        lost its lease cannot list a snapshot of its stale copy."""
 
     @abstractmethod
     def list_snapshots(self, run_id: str) -> list[SnapshotRecord]:

@@ -593,9 +593,15 @@ class SqlStore(Store):
             ).fetchall()
         return [Timer(int(r[0]), r[1], r[2], float(r[3]), bool(r[4])) for r in rows]
 
-    def add_snapshot(self, record: SnapshotRecord) -> None:
+    def add_snapshot(self, record: SnapshotRecord, *, epoch: int | None = None) -> None:
         with self._write() as tx:
-            self._get_run(tx, record.run_id)
+            row = tx.execute(
+                f"SELECT epoch FROM torpor_runs WHERE id = ? {self.row_lock}", (record.run_id,)
+            ).fetchone()
+            if row is None:
+                raise RunNotFoundError(record.run_id)
+            if epoch is not None and int(row[0]) != epoch:
+                raise FencedError(record.run_id, epoch, int(row[0]))
             tx.execute(
                 f"INSERT INTO torpor_snapshots ({_SNAPSHOT_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
