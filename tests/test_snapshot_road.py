@@ -435,6 +435,10 @@ def test_resume_from_an_older_snapshot_rolls_the_run_back(workers: Workers, stor
     assert restored.payload["snapshot"] == checkpointed.id
     assert [e.payload["name"] for e in log[len(before) :] if e.kind == "step"] == ["record"]
 
-    # Errors name what was wrong.
+    # Errors name what was wrong; a snapshot of the timeline left behind is not the run's
+    # any more (it can be forked).
     bad = _cli(workers, "resume", run_id, "--from", "nope")
     assert bad.returncode == 1 and f"run {run_id} has no snapshot 'nope'" in bad.stderr
+    left = _cli(workers, "resume", run_id, "--from", suspended.id)
+    assert left.returncode == 1 and "an earlier rollback left behind; fork it" in left.stderr
+    assert store.get_run(run_id).status is RunStatus.COMPLETED

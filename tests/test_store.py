@@ -255,6 +255,16 @@ def test_queue_limits_hold_across_claimers(store: Store, db_url: str) -> None:
     assert store.claim_run("w", 30, queue_limits=limits) is not None
     assert cpu.id in {r.id for r in claimed if r is not None} and len(gpu) == 6
 
+    # A worker's limits also hold for runs it claims by id (a child, a start in-process).
+    from torpor.runtime._executor import Executor
+
+    executor = Executor(store, queue_limits=limits)
+    try:
+        waiting = next(r for r in gpu if store.get_run(r.id).status is RunStatus.QUEUED)
+        assert not executor.claim(run_id=waiting.id)
+    finally:
+        executor.close()
+
 
 def test_cancel(store: Store) -> None:
     queued = store.create_run("app:wf")
@@ -271,6 +281,63 @@ def test_cancel(store: Store) -> None:
     requested = store.cancel_run(running.id)
     assert requested.status is RunStatus.RUNNING and requested.cancel_requested
     assert [e.kind for e in store.read(running.id)] == ["cancel_requested"]
+
+
+def test_rollback_fences_the_old_timeline_and_redelivers_events(store: Store) -> None:
+    run = store.create_run("app:wf", road=Road.SNAPSHOT)
+    claimed = store.claim_run("w1", 30, run_id=run.id)
+    assert claimed is not None
+    store.append_owned(run.id, "step", {"pos": 1}, epoch=claimed.epoch)  # seq 1
+    store.send_event(run.id, "go", 1)
+    store.send_event(run.id, "torpor.checkpoint", {})
+    store.consume_event(run.id, "go", epoch=claimed.epoch, entry={"pos": 2})  # seq 2
+    store.consume_event(run.id, "torpor.checkpoint", epoch=claimed.epoch, entry={})  # seq 3
+    with pytest.raises(RunStateError, match="a worker executes it"):
+        store.rollback_run(run.id, 1, {"snapshot": "s"})
+    store.update_run(run.id, claimed.epoch, status=RunStatus.SUSPENDED, release=True)
+
+    rolled = store.rollback_run(run.id, 1, {"snapshot": "s", "abandoned": []})
+    assert rolled.status is RunStatus.QUEUED and rolled.epoch == claimed.epoch + 1
+    last = store.read(run.id)[-1]
+    assert (last.kind, last.payload["to_seq"], last.payload["from"]) == ("rollback", 1, "suspended")
+    # The event consumed after seq 1 is delivered again; torpor's own request is not.
+    events = {e.name: e.consumed_seq for e in store.list_events(run.id)}
+    assert events["go"] is None and events["torpor.checkpoint"] is not None
+    # The worker that held the run before writes nothing into the new timeline.
+    with pytest.raises(FencedError):
+        store.append_owned(run.id, "step", {"pos": 2}, epoch=claimed.epoch)
+    with pytest.raises(ValueError, match="outside"):
+        store.rollback_run(run.id, 999, {})
+
+
+def test_failures_are_counted_since_the_last_progress(store: Store) -> None:
+    """Three failures of torpor's own in a row fail a run; claims do not count (a run woken
+    ten times is not closer to failing)."""
+    from torpor.runtime._failures import failures_in_a_row
+
+    run = store.create_run("app:wf")
+    for _ in range(10):  # ten wakes, each making progress
+        store.append(run.id, "restored", {})
+        store.append(run.id, "step", {"pos": 1})
+    assert failures_in_a_row(store, run.id) == 0
+    for kind in ("restored", "sandbox_died", "restored", "warning", "executor_failed"):
+        store.append(run.id, kind, {})
+    assert failures_in_a_row(store, run.id) == 2
+    store.append(run.id, "resumed", {})  # a person queued it again: a fresh count
+    assert failures_in_a_row(store, run.id) == 0
+
+
+def test_only_a_lost_connection_is_an_outage() -> None:
+    import psycopg
+
+    from torpor.store._postgres import _connection_lost
+
+    assert _connection_lost(psycopg.OperationalError("server closed the connection"))
+    assert _connection_lost(psycopg.errors.AdminShutdown())
+    assert _connection_lost(psycopg.errors.ConnectionFailure())
+    assert not _connection_lost(psycopg.errors.DeadlockDetected())
+    assert not _connection_lost(psycopg.errors.QueryCanceled())
+    assert not _connection_lost(psycopg.errors.DiskFull())
 
 
 def test_timers_and_snapshots(store: Store) -> None:

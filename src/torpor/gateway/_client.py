@@ -201,6 +201,7 @@ class SandboxedContext(WorkflowContext):
                 self.warned.add(payload["at"])
             elif entry.kind == "rollback" and isinstance(payload.get("to_seq"), int):
                 self._forget_after(payload["to_seq"])
+                self.timeline += 1
 
     def _forget_after(self, seq: int) -> None:
         """`torpor resume --from SNAPSHOT`: what the run recorded after the snapshot is

@@ -106,6 +106,8 @@ class WorkflowContext:
     cancel_requested: bool = False
     fenced: bool = False
     warned: set[int] = field(default_factory=set)
+    # Rollbacks seen (`resume --from`): a timeline's child runs are its own.
+    timeline: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod

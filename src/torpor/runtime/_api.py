@@ -237,6 +237,8 @@ def _start_child(
     # The child's id follows from the parent's and the position: after a crash between
     # creating the child and recording it, the replay finds the same child, not a twin.
     child_id = f"{ctx.run.id}-{pos}"
+    if ctx.timeline:  # after a rollback: not the abandoned timeline's child
+        child_id += f"t{ctx.timeline}"
     try:
         ctx.store.get_run(child_id)
     except RunNotFoundError:
@@ -309,7 +311,9 @@ def _fork_snapshot(store: Store, source: RunRecord, at: str | None, detach: bool
     if not records:
         raise TorporError(f"run {source.id} has no snapshot to fork from")
     if at is None:
-        pick = records[-1]
+        # The newest of the run's current timeline (any snapshot can be named with --at).
+        abandoned = abandoned_snapshots(store, source.id)
+        pick = next((r for r in reversed(records) if r.id not in abandoned), records[-1])
     else:
         matches = [r for r in records if r.id == at]
         if not matches:
@@ -386,7 +390,13 @@ def _roll_back(store: Store, run_id: str, snapshot_id: str) -> None:
             f"run {run_id} is on the replay road: it has no snapshots to resume from "
             f"(`torpor fork {run_id} --at POS` re-executes it from a call position)"
         )
-    records = store.list_snapshots(run_id)
+    abandoned = abandoned_snapshots(store, run_id)
+    if snapshot_id in abandoned:
+        raise TorporError(
+            f"snapshot {snapshot_id!r} of run {run_id} is on a timeline an earlier rollback "
+            f"left behind; fork it instead (`torpor fork {run_id} --at {snapshot_id}`)"
+        )
+    records = [r for r in store.list_snapshots(run_id) if r.id not in abandoned]
     index = next((i for i, r in enumerate(records) if r.id == snapshot_id), None)
     if index is None:
         known = ", ".join(r.id for r in records[-5:]) or "none"
@@ -400,3 +410,13 @@ def _roll_back(store: Store, run_id: str, snapshot_id: str) -> None:
         pick.seq,
         {"snapshot": pick.id, "abandoned": [r.id for r in records[index + 1 :]]},
     )
+
+
+def abandoned_snapshots(store: Store, run_id: str) -> set[str]:
+    """Snapshots of timelines `resume --from` rolled the run back from: never restored
+    into the run again (they can still be forked)."""
+    left: set[str] = set()
+    for entry in store.read(run_id):
+        if entry.kind == "rollback" and isinstance(entry.payload, dict):
+            left.update(entry.payload.get("abandoned", []))
+    return left

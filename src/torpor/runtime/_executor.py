@@ -43,8 +43,12 @@ class Executor:
         worker_id: str | None = None,
         lease_seconds: float = 30.0,
         park_after: float | None = None,
+        queue_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.store = store
+        # Also for runs claimed by id (children, `start` without detach): a limit holds
+        # whoever claims.
+        self.queue_limits = dict(queue_limits) if queue_limits else None
         self.worker_id = worker_id or new_worker_id()
         self.lease_seconds = lease_seconds
         self.park_after = park_after
@@ -76,7 +80,11 @@ class Executor:
     ) -> bool:
         """Claim one runnable run (or this one) and start it; False if there was none."""
         run = self.store.claim_run(
-            self.worker_id, self.lease_seconds, queues, run_id=run_id, queue_limits=queue_limits
+            self.worker_id,
+            self.lease_seconds,
+            queues,
+            run_id=run_id,
+            queue_limits=queue_limits if queue_limits is not None else self.queue_limits,
         )
         if run is None:
             return False
@@ -142,13 +150,15 @@ class Executor:
 
     def _give_back(self, run: RunRecord, exc: Exception) -> None:
         """After a failure of torpor's own (not the workflow's): retry elsewhere, or after
-        three attempts fail the run, rather than leave it to a lease that may be long."""
+        three such failures in a row fail the run, rather than leave it to a lease that may
+        be long."""
         from .._model import RunStatus
         from ..replay._codec import encode_error
+        from ._failures import MAX_FAILURES, failures_in_a_row
 
         message = f"{type(exc).__name__}: {exc}"
         try:
-            if run.attempt >= 3:
+            if failures_in_a_row(self.store, run.id) + 1 >= MAX_FAILURES:
                 self.store.update_run(
                     run.id,
                     run.epoch,

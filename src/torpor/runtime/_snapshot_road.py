@@ -207,11 +207,9 @@ class SnapshotRoadRun:
 
     def _rolled_back(self) -> set[str]:
         """Snapshots of timelines `torpor resume --from` rolled the run back from."""
-        left: set[str] = set()
-        for entry in self.store.read(self.run.id):
-            if entry.kind == "rollback" and isinstance(entry.payload, dict):
-                left.update(entry.payload.get("abandoned", []))
-        return left
+        from ._api import abandoned_snapshots
+
+        return abandoned_snapshots(self.store, self.run.id)
 
     def _code_paths(self) -> list[str]:
         """What the runner must see of the host: this Python and torpor, and the
@@ -498,7 +496,26 @@ class SnapshotRoadRun:
             wake_on=wake_on,
         )
 
-    def _checkpoint(
+    def _checkpoint(self, **how: Any) -> None:
+        """Checkpoint the sandbox (see `_checkpoint_locked`). Without the store this attempt
+        ends: whether the snapshot or the run's new status landed is unknown, and a sandbox
+        left stopped or without its gateway would hang; the run comes back from its newest
+        listed snapshot once its lease expires."""
+        try:
+            self._checkpoint_locked(**how)
+        except StoreUnavailableError as exc:
+            log.warning(
+                "run %s: the store is unreachable during a checkpoint (%s); the sandbox is "
+                "stopped and the run resumes from its newest snapshot when its lease expires",
+                self.run.id,
+                exc.reason,
+            )
+            self.outcome = "unreachable"
+            if self.box.poll() is None:
+                self.box.kill()
+            self._done.set()
+
+    def _checkpoint_locked(
         self,
         *,
         leave_running: bool,
@@ -527,6 +544,8 @@ class SnapshotRoadRun:
                 snapshot_id = self.snapshots.save(
                     checkpoint, run_id=self.run.id, seq=seq, epoch=self.run.epoch
                 )
+            except StoreUnavailableError:
+                raise  # see _checkpoint
             except FencedError:
                 # Another worker claimed the run meanwhile: this copy is stale, its snapshot
                 # was not listed; stop here (the new owner restores its own newest).
@@ -592,9 +611,10 @@ class SnapshotRoadRun:
             self.store.append(self.run.id, kind, payload, epoch=self.run.epoch)
 
     def _release_for_retry(self, why: str) -> None:
-        attempts = self.run.attempt
+        from ._failures import MAX_FAILURES, failures_in_a_row
+
         try:
-            if attempts >= 3:
+            if failures_in_a_row(self.store, self.run.id) + 1 >= MAX_FAILURES:
                 error = encode_error(TorporError(why))
                 self.store.update_run(
                     self.run.id,

@@ -49,7 +49,11 @@ class Worker:
         self.queue_limits = dict(queue_limits) if queue_limits else None
         self.poll = poll
         self.executor = Executor(
-            store, worker_id=worker_id, lease_seconds=lease_seconds, park_after=park_after
+            store,
+            worker_id=worker_id,
+            lease_seconds=lease_seconds,
+            park_after=park_after,
+            queue_limits=self.queue_limits,
         )
         self.stop_claiming = threading.Event()
 
@@ -66,7 +70,7 @@ class Worker:
                 self.stop_claiming.wait(0.05)
                 continue
             try:
-                claimed = self.executor.claim(self.queues, queue_limits=self.queue_limits)
+                claimed = self.executor.claim(self.queues)
             except StoreUnavailableError as exc:
                 # A database restart or failover: keep trying, backing off to 2 s.
                 log.warning("the store is unreachable (%s); claiming again in %.1f s",

@@ -6,6 +6,7 @@ import functools
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -108,8 +109,11 @@ def _kdat_dir() -> Path | None:
     path = Path("/dev/shm/torpor-criu-run")
     try:
         path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()  # /dev/shm is world-writable: trust only our own private directory
     except OSError:
         return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        return None  # not ours, or others could have written a cache CRIU would trust
     return path
 
 

@@ -30,6 +30,14 @@ def _to_pyformat(sql: str) -> str:
     return re.sub(r"\?", "%s", sql.replace("%", "%%"))
 
 
+def _connection_lost(exc: psycopg.OperationalError) -> bool:
+    """Whether the server went away (restart, failover, network cut): no SQLSTATE (the
+    client lost the connection), class 08 (connection exception) or 57P01-57P03 (shutdown,
+    crash, cannot connect now)."""
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
 class _PgTx:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
@@ -91,6 +99,8 @@ class PostgresStore(SqlStore):
             with self._pool.connection() as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as exc:
+            if isinstance(exc, psycopg.OperationalError) and not _connection_lost(exc):
+                raise  # a deadlock, a timeout, a full disk: an error, not an outage
             # After a server restart every idle pooled connection is dead: drop them all
             # now rather than let each fail one more call.
             with suppress(Exception):

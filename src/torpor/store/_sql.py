@@ -533,7 +533,12 @@ class SqlStore(Store):
     def rollback_run(self, run_id: str, to_seq: int, note: dict[str, Any]) -> RunRecord:
         now = time.time()
         with self._write() as tx:
-            run = self._get_run(tx, run_id)
+            row = tx.execute(
+                f"SELECT {_RUN_COLUMNS} FROM torpor_runs WHERE id = ? {self.row_lock}", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise RunNotFoundError(run_id)
+            run = _run_from_row(row)
             if run.status in (RunStatus.RUNNING, RunStatus.WAITING) or (
                 run.lease_owner is not None and (run.lease_expires_at or 0) > now
             ):
@@ -545,15 +550,18 @@ class SqlStore(Store):
                 )
             if not 0 <= to_seq <= run.last_seq:
                 raise ValueError(f"to_seq {to_seq} is outside {run_id}'s log (0..{run.last_seq})")
+            # Events the run consumed since are delivered again; torpor's own requests
+            # (names starting "torpor.", e.g. a checkpoint request) are not repeated.
             tx.execute(
                 "UPDATE torpor_events SET consumed_seq = NULL "
-                "WHERE run_id = ? AND consumed_seq > ?",
+                "WHERE run_id = ? AND consumed_seq > ? AND name NOT LIKE 'torpor.%'",
                 (run_id, to_seq),
             )
+            # A new epoch: whoever held the run before cannot write into the new timeline.
             tx.execute(
                 "UPDATE torpor_runs SET status = ?, output = NULL, error = NULL, "
                 "cancel_requested = 0, lease_owner = NULL, lease_expires_at = NULL, "
-                "wake_at = NULL, updated_at = ? WHERE id = ?",
+                "wake_at = NULL, epoch = epoch + 1, updated_at = ? WHERE id = ?",
                 (RunStatus.QUEUED.value, now, run_id),
             )
             payload = {**note, "to_seq": to_seq, "from": run.status.value}
