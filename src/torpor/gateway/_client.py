@@ -126,6 +126,12 @@ class GatewayStore:
         result = self.client.call("append", kind=kind, payload=payload, expected_seq=expected_seq)
         return Appended(int(result["seq"]), bool(result["cancel_requested"]))
 
+    def append_once(self, kind: str, payload: dict[str, Any], *, after: int) -> Appended:
+        """Append a call's result unless one of this kind at its position was recorded
+        after seq ``after`` (then that entry's seq)."""
+        result = self.client.call("append", kind=kind, payload=payload, once_after=after)
+        return Appended(int(result["seq"]), bool(result["cancel_requested"]))
+
     def append(self, run_id: str, kind: str, payload: Any, **kwargs: Any) -> int:
         return self.append_owned(run_id, kind, payload, **kwargs).seq
 
@@ -215,20 +221,23 @@ class SandboxedContext(WorkflowContext):
 
     def record(self, kind: str, payload: dict[str, Any]) -> int:
         pos = payload.get("pos")
+        if kind not in _SAFE_POINT_KINDS or not isinstance(pos, int):
+            return super().record(kind, payload)
         # With the `step` checkpoint policy the snapshot is taken here, after the step's
         # body and before its result is recorded, so the workspace and the log agree
-        # whatever the moment of a crash. A copy restored from this snapshot comes back
-        # here: if the result was recorded before the crash, it is not recorded twice.
-        if (
-            kind in _SAFE_POINT_KINDS
-            and isinstance(pos, int)
-            and self.client.call("safepoint", pos=pos) == "checkpointed"
-        ):
-            self._refresh()
-            for entry in self.at.get(pos, ()):
-                if entry.kind == kind:
-                    return entry.seq
-        return super().record(kind, payload)
+        # whatever the moment of a crash.
+        self.client.call("safepoint", pos=pos)
+        # A copy restored from a snapshot taken after the body (this safe point, or any
+        # checkpoint before the record below) comes back here with the result possibly
+        # recorded already: the worker records it once, looking past what this process
+        # has read.
+        store = self.store
+        assert isinstance(store, GatewayStore)
+        with self._owned_write():
+            appended = store.append_once(kind, payload, after=self.last_seq)
+        if appended.cancel_requested:
+            self.cancel_requested = True
+        return appended.seq
 
     def safepoint(self, *, force: bool = False) -> None:
         self.client.call("safepoint", force=force)

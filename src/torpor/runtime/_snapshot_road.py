@@ -304,6 +304,11 @@ class SnapshotRoadRun:
         return {"result": rows}, None
 
     def _op_append(self, request: dict[str, Any], peer: int) -> Any:
+        once_after = request.get("once_after")
+        if once_after is not None:
+            found = self._recorded_since(int(once_after), str(request["kind"]), request)
+            if found is not None:
+                return {"result": {"seq": found, "cancel_requested": False}}, None
         appended = self.store.append_owned(
             self.run.id,
             str(request["kind"]),
@@ -313,6 +318,20 @@ class SnapshotRoadRun:
         )
         result = {"seq": appended.seq, "cancel_requested": appended.cancel_requested}
         return {"result": result}, None
+
+    def _recorded_since(self, after: int, kind: str, request: dict[str, Any]) -> int | None:
+        """The seq of an entry of ``kind`` at the request's position recorded after
+        ``after`` in the run's current timeline, if any."""
+        payload = request.get("payload")
+        pos = payload.get("pos") if isinstance(payload, dict) else None
+        found: int | None = None
+        for entry in self.store.read(self.run.id, after=after):
+            fields = entry.payload if isinstance(entry.payload, dict) else {}
+            if entry.kind == kind and fields.get("pos") == pos:
+                found = entry.seq
+            elif entry.kind == "rollback" and found is not None and found > fields.get("to_seq", 0):
+                found = None  # recorded in a timeline the run was rolled back from
+        return found
 
     def _op_safepoint(self, request: dict[str, Any], peer: int) -> Any:
         """Before a step's result is recorded (policy `step`), and at `torpor.checkpoint()`:
