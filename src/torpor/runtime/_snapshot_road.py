@@ -37,7 +37,7 @@ from .._errors import (
     StoreUnavailableError,
     TorporError,
 )
-from .._model import Road, RunRecord, RunStatus, SnapshotRecord
+from .._model import LogEntry, Road, RunRecord, RunStatus, SnapshotRecord
 from ..gateway._client import record_to_wire
 from ..gateway._protocol import GATEWAY_ENV
 from ..gateway._server import GatewayServer
@@ -110,6 +110,13 @@ def _state(pid: int) -> str:
             return f.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "?"
+
+
+def _wait_stopped(pid: int, timeout: float = 30.0) -> None:
+    """Until the process that was told to stop itself (a `stop` reply) has done so."""
+    end = time.monotonic() + timeout
+    while _state(pid) != "T" and time.monotonic() < end:
+        time.sleep(0.002)
 
 
 @dataclass
@@ -305,10 +312,11 @@ class SnapshotRoadRun:
 
     def _op_append(self, request: dict[str, Any], peer: int) -> Any:
         once_after = request.get("once_after")
-        if once_after is not None:
-            found = self._recorded_since(int(once_after), str(request["kind"]), request)
+        payload = request.get("payload")
+        if once_after is not None and isinstance(payload, dict):
+            found = self._recorded_since(int(once_after), str(request["kind"]), payload.get("pos"))
             if found is not None:
-                return {"result": {"seq": found, "cancel_requested": False}}, None
+                return {"result": {"seq": found.seq, "cancel_requested": False}}, None
         appended = self.store.append_owned(
             self.run.id,
             str(request["kind"]),
@@ -319,17 +327,21 @@ class SnapshotRoadRun:
         result = {"seq": appended.seq, "cancel_requested": appended.cancel_requested}
         return {"result": result}, None
 
-    def _recorded_since(self, after: int, kind: str, request: dict[str, Any]) -> int | None:
-        """The seq of an entry of ``kind`` at the request's position recorded after
-        ``after`` in the run's current timeline, if any."""
-        payload = request.get("payload")
-        pos = payload.get("pos") if isinstance(payload, dict) else None
-        found: int | None = None
+    def _recorded_since(self, after: int, kind: str, pos: Any) -> LogEntry | None:
+        """The entry of ``kind`` at call position ``pos`` recorded after seq ``after`` in
+        the run's current timeline, if any (a call sent again: after a lost reply, or by a
+        copy restored from a snapshot taken before its answer was recorded). Only the log
+        past what the sandbox has read is looked at: a whole log would cost O(turns)."""
+        found: LogEntry | None = None
         for entry in self.store.read(self.run.id, after=after):
             fields = entry.payload if isinstance(entry.payload, dict) else {}
             if entry.kind == kind and fields.get("pos") == pos:
-                found = entry.seq
-            elif entry.kind == "rollback" and found is not None and found > fields.get("to_seq", 0):
+                found = entry
+            elif (
+                entry.kind == "rollback"
+                and found is not None
+                and found.seq > int(fields.get("to_seq", 0))
+            ):
                 found = None  # recorded in a timeline the run was rolled back from
         return found
 
@@ -400,19 +412,7 @@ class SnapshotRoadRun:
         from ..replay._steps import StepOptions
 
         pos, name, kind = int(request["pos"]), str(request["name"]), str(request["kind"])
-        # Sent again after a lost reply: answered from the log, looking only past what the
-        # sandbox had read (reading the whole log made every turn cost O(turns)).
-        answered: Any = None
-        for entry in self.store.read(self.run.id, after=int(request.get("after") or 0)):
-            fields = entry.payload if isinstance(entry.payload, dict) else {}
-            if entry.kind == kind and fields.get("pos") == pos:
-                answered = entry
-            elif (
-                entry.kind == "rollback"
-                and answered is not None
-                and answered.seq > int(fields.get("to_seq", 0))
-            ):
-                answered = None  # recorded in a timeline the run was rolled back from
+        answered = self._recorded_since(int(request.get("after") or 0), kind, pos)
         if answered is not None:
             return {"result": answered.payload}, None
         spec = request["request"]
@@ -503,9 +503,7 @@ class SnapshotRoadRun:
 
     def _suspend(self, peer: int, deadline: Any, wake_on: dict[str, str]) -> None:
         """The sandbox stops itself after the reply; dump it, store it, release the run."""
-        end = time.monotonic() + 30
-        while _state(peer) != "T" and time.monotonic() < end:
-            time.sleep(0.002)
+        _wait_stopped(peer)
         wake_at = None if deadline is None else float(deadline)
         self._checkpoint(
             leave_running=False,
@@ -609,9 +607,7 @@ class SnapshotRoadRun:
             self._done.set()
 
     def _safe_point(self, peer: int) -> None:
-        end = time.monotonic() + 30
-        while _state(peer) != "T" and time.monotonic() < end:
-            time.sleep(0.002)
+        _wait_stopped(peer)
         try:
             self._checkpoint(leave_running=True)
         finally:
