@@ -14,6 +14,8 @@ import pytest
 from torpor.store import Store, open_store
 from torpor.testing import TemporaryPostgres
 
+pytest_plugins = ["_process_guard", "pytester"]
+
 BACKENDS = ["sqlite", "postgres"]
 
 
@@ -24,7 +26,10 @@ def postgres() -> Iterator[TemporaryPostgres | str]:
     if external:
         yield external
         return
+    from _process_guard import outlives_tests  # a plugin: imported once pytest registered it
+
     server = TemporaryPostgres()
+    outlives_tests(str(server.data))
     server.start()
     try:
         yield server

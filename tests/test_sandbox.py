@@ -146,12 +146,31 @@ def test_launch_isolates_the_command(settings: Settings, monkeypatch: pytest.Mon
             path.unlink(missing_ok=True)
 
 
-def test_exit_by_signal_and_missing_command(settings: Settings) -> None:
-    with Sandbox.launch(["sh", "-c", "kill -TERM $$"], settings=settings) as box:
-        assert box.wait(timeout=30) == -signal.SIGTERM
-    with Sandbox.launch(["no-such-command-xyz"], settings=settings) as box:
-        assert box.wait(timeout=30) == 127
-        assert "no-such-command-xyz" in box.stderr_path.read_text()
+class _EndsBeforeTheLauncherLooks(subprocess.Popen):  # type: ignore[type-arg]
+    """A Popen that returns only once the sandbox's whole tree has ended and been reaped:
+    the launcher then looks at a sandbox whose command (and init) are already gone, the
+    race a command that fails at once runs against every launch."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("cmd", "status"),
+    [(["sh", "-c", "kill -TERM $$"], -signal.SIGTERM), (["no-such-command-xyz"], 127)],
+    ids=["killed-by-signal", "missing"],
+)
+def test_a_command_gone_before_the_launcher_looks_reports_its_status(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, cmd: list[str], status: int
+) -> None:
+    monkeypatch.setattr(torpor.sandbox._sandbox.subprocess, "Popen", _EndsBeforeTheLauncherLooks)
+    with Sandbox.launch(cmd, settings=settings) as box:
+        monkeypatch.undo()
+        assert box.wait(timeout=30) == status
+        assert box.state is (SandboxState.EXITED if status > 0 else SandboxState.KILLED)
+        if status == 127:
+            assert "no-such-command-xyz" in box.stderr_path.read_text()
 
 
 def test_checkpoint_and_restore_resume_memory_children_and_files(

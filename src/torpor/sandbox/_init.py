@@ -33,8 +33,8 @@ RUN_DIR = "/run/torpor"
 
 REAPER = r"""
 import os, sys
-cwd, out, err, exit_file, ready_file = sys.argv[1:6]
-cmd = sys.argv[6:]
+cwd, out, err, exit_file, ready_file, host_pid, host_start = sys.argv[1:8]
+cmd = sys.argv[8:]
 child = os.fork()
 if child == 0:
     os.setsid()
@@ -57,7 +57,9 @@ def publish(path, text):
     os.rename(path + ".tmp", path)
 
 
-publish(ready_file, "%d\n" % child)
+# The launcher learns this process's host pid and start time from here, not from /proc: a
+# command that ends at once takes the reaper with it before anyone outside could look.
+publish(ready_file, "%s %s\n" % (host_pid, host_start))
 while True:
     try:
         pid, status = os.wait()
@@ -107,8 +109,18 @@ def _bind(libc: ctypes.CDLL, src: str, dst: str) -> None:
     _mount(libc, src, dst, None, MS_BIND)
 
 
+def _host_identity() -> tuple[str, str]:
+    """This process's pid and start time as the host sees them. Only readable before the
+    sandbox's own /proc replaces the host's: the host's /proc names processes by host pid."""
+    pid = os.readlink("/proc/self")
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    return pid, text[text.rindex(")") + 2 :].split()[19]
+
+
 def main(config: dict[str, Any]) -> None:
     libc = _libc()
+    host_pid, host_start = _host_identity()
     root = config["root"]
     os.setsid()  # CRIU refuses a tree whose session leader is outside its pid namespace
     for procs in config["cgroups"]:  # "0" is the writer itself; children inherit the group
@@ -147,6 +159,8 @@ def main(config: dict[str, Any]) -> None:
             RUN_DIR + "/stderr.log",
             RUN_DIR + "/exit",
             RUN_DIR + "/ready",
+            host_pid,
+            host_start,
             *config["cmd"],
         ],
         config["env"],

@@ -715,9 +715,10 @@ class Sandbox:
                     "check the command, base_root, and `torpor doctor`",
                 )  # fmt: skip
             time.sleep(0.002)
-        children = Path(f"/proc/{self._popen.pid}/task/{self._popen.pid}/children").read_text()
-        self._pid = int(children.split()[0])
-        self._started = _host.start_time(self._pid)
+        # The init's own word for its host pid: it may be gone already (with a command that
+        # ended at once), and then poll() finds the status it recorded.
+        pid, started = ready.read_text().split()
+        self._pid, self._started = int(pid), int(started)
         self._save()
 
     def _post_dump_script(self, target: Path) -> str:
