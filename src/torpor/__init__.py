@@ -29,8 +29,7 @@ from ._errors import (
 )
 from ._model import Event, LogEntry, Road, RunRecord, RunStatus, SnapshotRecord, Timer
 from .agent import Agent, AgentMaxTurnsError, tool
-from .log import ContextLog
-from .replay import (
+from .engine import (
     RecordedError,
     checkpoint,
     idempotency_key,
@@ -43,6 +42,7 @@ from .replay import (
     wait_for_event,
     workflow,
 )
+from .log import ContextLog
 from .runtime import Run, Worker, cancel, configure, fork, resume, send, start
 from .store import Store, open_store
 

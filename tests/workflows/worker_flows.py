@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import torpor
-from torpor.replay._context import current
+from torpor.engine._context import current
 
 
 def _epoch() -> int:

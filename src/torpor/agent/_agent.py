@@ -10,10 +10,10 @@ from typing import Any
 
 from .._config import Settings
 from .._errors import TorporError
+from ..engine._context import WorkflowContext, current
+from ..engine._registry import load_source, source_of
+from ..engine._steps import Step, StepOptions, workflow
 from ..gateway._client import SandboxedContext
-from ..replay._context import WorkflowContext, current
-from ..replay._registry import load_source, source_of
-from ..replay._steps import Step, StepOptions, workflow
 from ._items import ModelReply, items_to_json
 from ._providers import Provider, non_retryable_errors
 from ._tools import BUILTIN_TOOLS, Tool, current_workspace

@@ -15,8 +15,8 @@ from .._config import Settings
 from .._errors import RunCancelledError, RunFailedError
 from .._logging import configure_logging
 from .._model import RunStatus
-from ..replay._registry import load_source, register_workflow
-from ..replay._steps import workflow_def
+from ..engine._registry import load_source, register_workflow
+from ..engine._steps import workflow_def
 from ..store import open_store
 
 __all__ = ["fork", "import_all", "resume", "run", "worker"]

@@ -20,7 +20,7 @@ from typing import Any
 
 from .._errors import FencedError, NondeterminismError, TorporError
 from .._model import Event, LogEntry, Road, RunRecord, RunStatus, Timer
-from ..replay._context import WorkflowContext
+from ..engine._context import WorkflowContext
 from ..store._base import Appended
 from ._protocol import read_message, write_message
 
@@ -293,7 +293,7 @@ class SandboxedContext(WorkflowContext):
         else:
             payload = entry.payload
         if "error" in payload:
-            from ..replay._codec import decode_error
+            from ..engine._codec import decode_error
 
             raise decode_error(payload["error"])
         return payload.get("result")

@@ -19,7 +19,7 @@ def main() -> int:
     hello = client.call("hello")
     run = record_from_wire(hello["run"])
     sys.path[:0] = [p for p in hello.get("sys_path", []) if p not in sys.path]
-    from ..replay._engine import execute_run
+    from ..engine._engine import execute_run
 
     status = execute_run(
         GatewayStore(client),  # type: ignore[arg-type]

@@ -14,11 +14,11 @@ from typing import Any
 from .._config import Settings
 from .._errors import RunCancelledError, RunFailedError, RunNotFoundError, TorporError
 from .._model import LogEntry, Road, RunRecord, RunStatus
-from ..replay._codec import from_json
-from ..replay._context import current, in_step
-from ..replay._engine import encode_input
-from ..replay._registry import WorkflowDef, lookup_workflow
-from ..replay._steps import workflow_def
+from ..engine._codec import from_json
+from ..engine._context import current, in_step
+from ..engine._engine import encode_input
+from ..engine._registry import WorkflowDef, lookup_workflow
+from ..engine._steps import workflow_def
 from ..store import Store, open_store
 from ._executor import Executor
 

@@ -12,8 +12,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from .._errors import FencedError, StoreUnavailableError
 from .._model import Road, RunRecord
-from ..replay._context import WorkflowContext
-from ..replay._engine import execute_run
+from ..engine._context import WorkflowContext
+from ..engine._engine import execute_run
 from ..store import Store
 from ._snapshot_road import SnapshotRoadRun
 
@@ -153,7 +153,7 @@ class Executor:
         three such failures in a row fail the run, rather than leave it to a lease that may
         be long."""
         from .._model import RunStatus
-        from ..replay._codec import encode_error
+        from ..engine._codec import encode_error
         from ._failures import MAX_FAILURES, failures_in_a_row
 
         message = f"{type(exc).__name__}: {exc}"

@@ -38,10 +38,10 @@ from .._errors import (
     TorporError,
 )
 from .._model import LogEntry, Road, RunRecord, RunStatus, SnapshotRecord
+from ..engine._codec import encode_error
 from ..gateway._client import record_to_wire
 from ..gateway._protocol import GATEWAY_ENV
 from ..gateway._server import GatewayServer
-from ..replay._codec import encode_error
 from ..sandbox._fingerprint import base_root_record, write_base_root
 from ..sandbox._inspect import tree_processes
 from ..store import Store
@@ -409,7 +409,7 @@ class SnapshotRoadRun:
         """A model call for the sandbox, made here with the worker's keys and recorded."""
         from ..agent._items import ToolSpec
         from ..agent._providers import Provider, non_retryable_errors
-        from ..replay._steps import StepOptions
+        from ..engine._steps import StepOptions
 
         pos, name, kind = int(request["pos"]), str(request["name"]), str(request["kind"])
         answered = self._recorded_since(int(request.get("after") or 0), kind, pos)

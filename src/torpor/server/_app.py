@@ -25,9 +25,9 @@ from .. import __version__
 from .. import runtime as _runtime
 from .._errors import TorporError, WorkflowNotFoundError
 from .._model import Road, RunStatus, SnapshotRecord
-from ..replay._engine import encode_input
-from ..replay._registry import WorkflowDef, load_source, lookup_workflow, register_workflow
-from ..replay._steps import workflow_def
+from ..engine._engine import encode_input
+from ..engine._registry import WorkflowDef, load_source, lookup_workflow, register_workflow
+from ..engine._steps import workflow_def
 from ..runtime._snapshot_road import checkpoint_now
 from ..store import Store
 from ._auth import check_bearer

@@ -1,5 +1,5 @@
-"""The replay road: workflows whose steps are journaled in the context log and replayed
-from it after a crash."""
+"""The workflow engine both roads run on: workflows, steps and the durable primitives, the
+registry, the codec, and the execution of a run against its journal."""
 
 from ._codec import RecordedError
 from ._primitives import (
