@@ -2,6 +2,19 @@
 
 from ._api import Run, cancel, configure, fork, resume, send, start
 from ._executor import Executor
+from ._snapshot_road import CHECKPOINT_EVENT, checkpoint_now
 from ._worker import Worker
 
-__all__ = ["Executor", "Run", "Worker", "cancel", "configure", "fork", "resume", "send", "start"]
+__all__ = [
+    "CHECKPOINT_EVENT",
+    "Executor",
+    "Run",
+    "Worker",
+    "cancel",
+    "checkpoint_now",
+    "configure",
+    "fork",
+    "resume",
+    "send",
+    "start",
+]

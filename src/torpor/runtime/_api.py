@@ -190,6 +190,7 @@ def start(
     detach: bool = False,
     queue: str = "default",
     priority: int = 0,
+    store: Store | None = None,
     **kwargs: Any,
 ) -> Run:
     """Start a run of workflow ``fn`` with these arguments and return its handle.
@@ -197,6 +198,8 @@ def start(
     Executes it in this process (threads of an embedded worker) unless ``detach``, which
     only enqueues it for `torpor worker` processes. Inside a workflow, starts a child run
     (recorded: a replay gets the same child back).
+
+    ``store``: another store than this process's (the HTTP server's; only with ``detach``).
     """
     # Objects whose methods start as a generic workflow (an Agent's `run`) say how.
     owner_hook = getattr(getattr(fn, "__self__", None), "__torpor_start__", None)
@@ -208,7 +211,9 @@ def start(
     ctx = current()
     if ctx is not None and not in_step.get():
         return _start_child(wf, road, data, queue, priority)
-    store = _the_store()
+    if store is not None and not detach:
+        raise TorporError("start(store=...) enqueues only: pass detach=True")
+    store = store or _the_store()
     if detach:
         run = store.create_run(
             wf.name, road=road, input=data, queue=queue, priority=priority, source=wf.source
