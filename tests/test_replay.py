@@ -17,8 +17,9 @@ import pytest
 
 import torpor
 from torpor import RunStatus
-from torpor.runtime._api import _the_executor
+from torpor.runtime._process import the_executor as _the_executor
 from torpor.store import Store
+from torpor.testing import UnrecordedCallError, replay
 
 sys.path.insert(0, str(Path(__file__).parent / "workflows"))
 import golden_wf
@@ -374,39 +375,50 @@ def test_unknown_workflow_and_unregistered_function_errors(store: Store) -> None
 # -- golden journals --------------------------------------------------------------------------
 
 
-def _replay_golden(store: Store, workflow: str) -> torpor.Run:
-    record = store.create_run(workflow, input=GOLDEN["input"])
+def test_golden_journal_replays_to_the_same_result() -> None:
+    replayed = replay("golden.order", GOLDEN["log"], *GOLDEN["input"]["args"])
+    assert replayed.status is RunStatus.COMPLETED
+    assert replayed.result() == GOLDEN["output"]
+    assert sum(golden_wf.executed.values()) == 0
+    assert [e.kind for e in replayed.appended] == []  # no warning, nothing executed
+
+
+def test_changed_workflow_raises_nondeterminism_and_fails() -> None:
+    replayed = replay("golden.order_changed", GOLDEN["log"], *GOLDEN["input"]["args"])
+    assert replayed.status is RunStatus.FAILED
+    with pytest.raises(torpor.NondeterminismError) as info:
+        replayed.result()
+    assert (info.value.position, info.value.recorded, info.value.called) == (2, "charge", "refund")
+    assert "run replay position 2: recorded `charge`, called `refund`" in str(info.value)
+    assert "torpor.patched" in str(info.value)
+    assert golden_wf.executed["refund"] == 0
+
+
+def test_a_log_that_ends_early_is_no_licence_to_execute() -> None:
+    replayed = replay("golden.order", GOLDEN["log"][:1], *GOLDEN["input"]["args"])
+    with pytest.raises(UnrecordedCallError, match="executed `charge` at position 2"):
+        replayed.result()
+    assert sum(golden_wf.executed.values()) == 1  # the body ran once; nothing was recorded
+
+
+def test_changed_workflow_fails_in_a_worker_too(store: Store) -> None:
+    record = store.create_run("golden.order_changed", input=GOLDEN["input"])
     for entry in GOLDEN["log"]:
         if entry["kind"] not in ("completed", "failed", "cancelled"):
             store.append(record.id, entry["kind"], entry["payload"])
     _the_executor().claim(run_id=record.id)
-    return torpor.Run(record.id, store)
-
-
-def test_golden_journal_replays_to_the_same_result(store: Store) -> None:
-    run = _replay_golden(store, "golden.order")
-    assert run.result(timeout=30) == GOLDEN["output"]
-    assert sum(golden_wf.executed.values()) == 0
-    assert not [e for e in run.log() if e.kind == "warning"]
-
-
-def test_changed_workflow_raises_nondeterminism_and_fails(store: Store) -> None:
-    run = _replay_golden(store, "golden.order_changed")
+    run = torpor.Run(record.id, store)
     with pytest.raises(torpor.RunFailedError) as info:
         run.result(timeout=30)
     record = store.get_run(run.id)
-    assert record.status is RunStatus.FAILED and record.attempt == 1
+    assert record.status is RunStatus.FAILED
     assert record.error["type"] == "torpor._errors.NondeterminismError"
-    message = record.error["message"]
-    assert f"run {run.id} position 2: recorded `charge`, called `refund`" in message
-    assert "torpor.patched" in message
-    assert golden_wf.executed["refund"] == 0
-    assert "NondeterminismError" in str(info.value)
+    assert f"run {run.id} position 2: recorded `charge`, called `refund`" in str(info.value)
 
 
 def test_change_guarded_by_patched_replays_old_runs_and_runs_new_ones(store: Store) -> None:
-    old = _replay_golden(store, "golden.order_patched")
-    assert old.result(timeout=30) == GOLDEN["output"]
+    old = replay("golden.order_patched", GOLDEN["log"], *GOLDEN["input"]["args"])
+    assert old.result() == GOLDEN["output"]
     assert golden_wf.executed["fraud_check"] == 0  # the old run keeps the old path
     new = torpor.start(golden_wf.order_patched, "book", 1299)
     assert new.result(timeout=30) == GOLDEN["output"]
@@ -415,24 +427,16 @@ def test_change_guarded_by_patched_replays_old_runs_and_runs_new_ones(store: Sto
     assert patches == [{"pos": 2, "change": "fraud-check", "value": True}]
 
 
-def test_argument_mismatch_is_a_warning_not_a_failure(store: Store) -> None:
-    record = store.create_run("golden.order", input={"args": ["lamp", 1299], "kwargs": {}})
-    for entry in GOLDEN["log"][:-1]:
-        store.append(record.id, entry["kind"], entry["payload"])
-    _the_executor().claim(run_id=record.id)
-    run = torpor.Run(record.id, store)
-    assert run.result(timeout=30) == GOLDEN["output"]  # the recorded results win
-    warnings = [e.payload for e in run.log() if e.kind == "warning"]
+def test_argument_mismatch_is_a_warning_not_a_failure() -> None:
+    replayed = replay("golden.order", GOLDEN["log"], "lamp", 1299)
+    assert replayed.result() == GOLDEN["output"]  # the recorded results win
+    warnings = [e.payload for e in replayed.appended if e.kind == "warning"]
     assert [w["at"] for w in warnings] == [1, 3]
     assert "other arguments than recorded" in warnings[0]["message"]
 
 
-def test_argument_warning_is_logged_once_across_replays(store: Store) -> None:
-    record = store.create_run("golden.order", input={"args": ["lamp", 1299], "kwargs": {}})
-    for entry in GOLDEN["log"][:-1]:
-        store.append(record.id, entry["kind"], entry["payload"])
-    store.append(record.id, "warning", {"at": 1, "message": "said before"})
-    _the_executor().claim(run_id=record.id)
-    run = torpor.Run(record.id, store)
-    assert run.result(timeout=30) == GOLDEN["output"]
-    assert [e.payload["at"] for e in run.log() if e.kind == "warning"] == [1, 3]
+def test_argument_warning_is_logged_once_across_replays() -> None:
+    said = {"kind": "warning", "payload": {"at": 1, "message": "said before"}}
+    replayed = replay("golden.order", [*GOLDEN["log"], said], "lamp", 1299)
+    assert replayed.result() == GOLDEN["output"]
+    assert [e.payload["at"] for e in replayed.appended if e.kind == "warning"] == [3]

@@ -24,6 +24,12 @@ class Settings:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     sqlite_synchronous: str = "FULL"
     lease_seconds: float = 30.0
+    # Snapshot road: when to checkpoint (`wait`: at long waits and on demand; `step`: also
+    # after every step; `interval`: also every `checkpoint_interval` seconds), and how long
+    # a wait must be to suspend the sandbox rather than wait in it.
+    checkpoint_policy: str = "wait"
+    checkpoint_interval: float = 0.0
+    suspend_after: float = 3.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -32,6 +38,7 @@ class Settings:
         )
         database_url = os.environ.get("TORPOR_DATABASE_URL") or f"sqlite://{home / 'torpor.db'}"
         blob_url = os.environ.get("TORPOR_BLOB_URL") or f"file://{home / 'blobs'}"
+        policy, interval = _checkpoint_policy()
         return cls(
             home=home,
             database_url=database_url,
@@ -41,6 +48,9 @@ class Settings:
                 "TORPOR_SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL", "EXTRA")
             ),
             lease_seconds=_float_env("TORPOR_LEASE_SECONDS", 30.0),
+            checkpoint_policy=policy,
+            checkpoint_interval=interval,
+            suspend_after=_float_env("TORPOR_SUSPEND_AFTER", 3.0, allow_zero=True),
         )
 
 
@@ -57,17 +67,31 @@ def _int_env(name: str, default: int) -> int:
     return value
 
 
-def _float_env(name: str, default: float) -> float:
+def _float_env(name: str, default: float, *, allow_zero: bool = False) -> float:
     raw = os.environ.get(name)
     if not raw:
         return default
+    return _seconds(name, raw, allow_zero=allow_zero)
+
+
+def _seconds(name: str, raw: str, *, allow_zero: bool = False) -> float:
     try:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r} must be positive")
+    if value < 0 or (value == 0 and not allow_zero) or value != value:
+        raise ConfigError(f"{name}={raw!r} must be {'zero or ' if allow_zero else ''}positive")
     return value
+
+
+def _checkpoint_policy() -> tuple[str, float]:
+    name = "TORPOR_CHECKPOINT_POLICY"
+    raw = (os.environ.get(name) or "wait").strip().lower()
+    if raw in ("wait", "step"):
+        return raw, 0.0
+    if raw.startswith("interval:"):
+        return "interval", _seconds(name, raw.split(":", 1)[1])
+    raise ConfigError(f"{name}={raw!r}: use 'wait', 'step' or 'interval:SECONDS'")
 
 
 def _choice_env(name: str, default: str, choices: tuple[str, ...]) -> str:

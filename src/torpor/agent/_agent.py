@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from collections.abc import Callable, Sequence
@@ -10,15 +11,24 @@ from typing import Any
 
 from .._config import Settings
 from .._errors import TorporError
-from ..engine._context import WorkflowContext, current
-from ..engine._registry import load_source, source_of
-from ..engine._steps import Step, StepOptions, workflow
-from ..gateway._client import SandboxedContext
-from ._items import ModelReply, items_to_json
+from ..engine import (
+    Step,
+    StepOptions,
+    WorkflowContext,
+    current,
+    load_source,
+    register_host_call,
+    source_of,
+    workflow,
+)
+from ._items import ModelReply, ToolSpec, items_to_json
 from ._providers import Provider, non_retryable_errors
 from ._tools import BUILTIN_TOOLS, Tool, current_workspace
 
-__all__ = ["Agent", "AgentMaxTurnsError"]
+__all__ = ["MODEL_CALL", "Agent", "AgentMaxTurnsError", "call_model"]
+
+# The host call that makes a model call (see `call_model`).
+MODEL_CALL = "torpor.model"
 
 # Builtins that wait durably: they run at the workflow level (their waits are journaled
 # themselves), not inside a step.
@@ -105,47 +115,33 @@ class Agent:
     def _workspace_for(self, ctx: WorkflowContext | None) -> Path:
         if self.workspace is not None:
             return self.workspace
-        if isinstance(ctx, SandboxedContext):
-            return Path("/workspace")  # the sandbox's own, checkpointed with it
-        home = Settings.from_env().home
-        return home / "workspaces" / (ctx.run.id if ctx else "scratch")
+        if ctx is not None:
+            return ctx.journal.workspace
+        return Settings.from_env().home / "workspaces" / "scratch"
 
     def _loop(self, ctx: WorkflowContext | None, task: str) -> str:
         items: list[dict[str, Any]] = []
         items.append(self._journal(ctx, "user", "user", lambda: {"type": "user", "text": task}))
         specs = [t.spec() for t in self.tools.values()]
-        model_step = StepOptions(
-            name="model",
-            retries=self.model_retries,
-            backoff=1.0,
-            max_backoff=30.0,
-            timeout=None,
-            non_retryable=non_retryable_errors(),
-            kind="model_call",
-        )
         for _turn in range(self.max_turns):
-            conversation = list(items)
-
-            def complete(conversation: list[dict[str, Any]] = conversation) -> dict[str, Any]:
-                reply = self.provider.complete(self.system, conversation, specs)
-                return reply.to_json()
-
-            if isinstance(ctx, SandboxedContext):
-                # In a sandbox the worker calls the model: API keys never enter the sandbox
-                # (nor, therefore, a snapshot of its memory).
-                request = {
-                    "provider": self.provider.provider,
-                    "model": self.provider.model,
-                    "base_url": self.provider.base_url,
-                    "max_tokens": self.max_tokens,
-                    "retries": self.model_retries,
-                    "system": self.system,
-                    "items": conversation,
-                    "tools": [spec.to_json() for spec in specs],
-                }
-                reply_json = ctx.remote_step(model_step.name, model_step.kind, request)
+            # The model is called on the host (in the worker): API keys never enter a
+            # sandbox, nor, therefore, a snapshot of its memory.
+            request = {
+                "provider": self.provider.provider,
+                "model": self.provider.model,
+                "base_url": self.provider.base_url,
+                "max_tokens": self.max_tokens,
+                "system": self.system,
+                "items": list(items),
+                "tools": [spec.to_json() for spec in specs],
+            }
+            if ctx is None:
+                reply_json = call_model(request)
             else:
-                reply_json = self._call(ctx, model_step, complete)
+                reply_json = ctx.host_step(
+                    MODEL_CALL, request, name="model", kind="model_call",
+                    retries=self.model_retries, backoff=1.0, max_backoff=30.0,
+                )  # fmt: skip
             reply = ModelReply.from_json(reply_json)
             said = items_to_json(reply.items)
             items.extend(said)
@@ -252,3 +248,28 @@ class Agent:
 def run_agent(agent: dict[str, Any], task: str) -> str:
     """The workflow behind `torpor.start(agent.run, task)`."""
     return Agent.from_spec(agent).run(task)
+
+
+@functools.lru_cache(maxsize=64)
+def _provider(provider: str, model: str, base_url: str | None, max_tokens: int) -> Provider:
+    """Providers keep their SDK clients (tens of milliseconds to build): one per setting."""
+    return Provider(provider, model, base_url, max_tokens=max_tokens)
+
+
+def call_model(request: dict[str, Any]) -> dict[str, Any]:
+    """One model call, as the host makes it for an agent: the provider and model the agent
+    named, with this process's API keys."""
+    provider = _provider(
+        str(request["provider"]),
+        str(request["model"]),
+        request.get("base_url"),
+        int(request.get("max_tokens") or 4096),
+    )
+    tools = [ToolSpec.from_json(t) for t in request.get("tools", [])]
+    reply: dict[str, Any] = provider.complete(
+        request.get("system", ""), request["items"], tools
+    ).to_json()
+    return reply
+
+
+register_host_call(MODEL_CALL, call_model, non_retryable=non_retryable_errors)

@@ -56,8 +56,6 @@ class Provider:
 
     def check_key(self) -> None:
         variable = _KEYS[self.provider]
-        if os.environ.get("TORPOR_SANDBOXED") == "1":
-            return  # in a sandbox the worker makes the calls, with its own keys
         if not os.environ.get(variable):
             raise ModelConfigError(
                 f"no API key for {self.provider}: set {variable} (for a local server that "

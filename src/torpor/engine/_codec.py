@@ -103,12 +103,22 @@ def encode_error(exc: BaseException) -> dict[str, Any]:
         json.dumps(args)
     except (Unrecordable, TypeError, ValueError):
         args = None
-    return {
+    encoded: dict[str, Any] = {
         "type": f"{cls.__module__}.{cls.__qualname__}",
         "message": str(exc),
         "args": args,
         "traceback": "".join(traceback.format_exception(exc, limit=-8))[-4000:],
     }
+    if isinstance(exc, TorporError):
+        # torpor's errors take their structured fields, not their message, as arguments:
+        # kept as fields, they come back as themselves (a FencedError with its epochs).
+        try:
+            fields = to_json(dict(vars(exc)))
+            json.dumps(fields)
+            encoded["fields"] = fields
+        except (Unrecordable, TypeError, ValueError):
+            pass
+    return encoded
 
 
 def decode_error(error: dict[str, Any]) -> BaseException:
@@ -120,6 +130,12 @@ def decode_error(error: dict[str, Any]) -> BaseException:
         obj: Any = importlib.import_module(module_name or "builtins")
         for part in qualname.split("."):
             obj = getattr(obj, part)
+        fields = error.get("fields")
+        if isinstance(obj, type) and issubclass(obj, TorporError) and isinstance(fields, dict):
+            made: TorporError = obj.__new__(obj)
+            Exception.__init__(made, message)
+            made.__dict__.update(fields)
+            return made
         if isinstance(obj, type) and issubclass(obj, Exception) and error.get("args") is not None:
             rebuilt = obj(*error["args"])
             if str(rebuilt) == message:

@@ -12,7 +12,9 @@ from typing import Any
 
 from .._errors import FencedError, NondeterminismError, StoreUnavailableError, TorporError
 from .._model import LogEntry, RunRecord, RunStatus
-from ..store import Store
+from ..log import Timeline, describe_call
+from ._codec import decode_error
+from ._journal import HostCall, Journal
 
 __all__ = [
     "Cancelled",
@@ -55,28 +57,14 @@ class Unreachable(Interrupt):
     this attempt; the run is claimed again when its lease expires and replays its log."""
 
 
+# Entries that record a call's result: recorded at a safe point, and once.
+_RESULT_KINDS = ("step", "tool_result")
+
 _current: contextvars.ContextVar[WorkflowContext | None] = contextvars.ContextVar(
     "torpor_workflow", default=None
 )
 in_step: contextvars.ContextVar[bool] = contextvars.ContextVar("torpor_in_step", default=False)
 step_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("torpor_step", default=None)
-
-# Entries that answer a call at a position; `wait` and `sleep` open a wait that a later entry
-# (or the clock) resolves.
-_DESCRIBE: dict[str, Callable[[dict[str, Any]], str]] = {
-    "step": lambda p: str(p.get("name")),
-    "model_call": lambda p: str(p.get("name")),
-    "tool_result": lambda p: str(p.get("name")),
-    "user": lambda p: str(p.get("name")),
-    "value": lambda p: f"torpor.{p.get('name')}()",
-    "patch": lambda p: f"torpor.patched({p.get('change')!r})",
-    "wait": lambda p: f"torpor.wait_for_event({p.get('name')!r})",
-    "event": lambda p: f"torpor.wait_for_event({p.get('name')!r})",
-    "timeout": lambda p: f"torpor.wait_for_event({p.get('name')!r})",
-    "sleep": lambda _: "torpor.sleep()",
-    "child": lambda p: f"torpor.start({p.get('workflow')})",
-    "child_result": lambda p: f"result of child run {p.get('child')}",
-}
 
 
 def current() -> WorkflowContext | None:
@@ -93,37 +81,46 @@ def require(what: str) -> WorkflowContext:
 
 @dataclass
 class WorkflowContext:
-    """One execution (attempt) of a run by one worker."""
+    """One execution (attempt) of a run by one worker, over its `Journal`."""
 
-    store: Store
-    run: RunRecord
+    journal: Journal
     worker_id: str
-    park_after: float | None
     stopping: threading.Event
-    spawn: Callable[[str], None]
-    at: dict[int, list[LogEntry]] = field(default_factory=dict)
+    history: Timeline = field(default_factory=Timeline)
     position: int = 0
     cancel_requested: bool = False
     fenced: bool = False
-    warned: set[int] = field(default_factory=set)
-    # Rollbacks seen (`resume --from`): a timeline's child runs are its own.
-    timeline: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def load(cls, store: Store, run: RunRecord, **kwargs: Any) -> WorkflowContext:
-        ctx = cls(store=store, run=run, cancel_requested=run.cancel_requested, **kwargs)
-        for entry in store.read(run.id):
-            pos = entry.payload.get("pos") if isinstance(entry.payload, dict) else None
-            if isinstance(pos, int) and entry.kind in _DESCRIBE:
-                ctx.at.setdefault(pos, []).append(entry)
-            elif entry.kind == "warning" and isinstance(entry.payload.get("at"), int):
-                ctx.warned.add(entry.payload["at"])  # said once per position, not per replay
-            elif entry.kind == "resumed" and isinstance(entry.payload.get("retry"), int):
-                # The step error that ended the run is forgotten: the step runs again.
-                retry = entry.payload["retry"]
-                ctx.at[retry] = [e for e in ctx.at.get(retry, []) if "error" not in e.payload]
+    def load(
+        cls, journal: Journal, *, worker_id: str, stopping: threading.Event
+    ) -> WorkflowContext:
+        ctx = cls(
+            journal=journal,
+            worker_id=worker_id,
+            stopping=stopping,
+            cancel_requested=journal.run.cancel_requested,
+        )
+        ctx.history.absorb(journal.read())
         return ctx
+
+    @property
+    def run(self) -> RunRecord:
+        return self.journal.run
+
+    @property
+    def at(self) -> dict[int, list[LogEntry]]:
+        return self.history.at
+
+    @property
+    def warned(self) -> set[int]:
+        return self.history.warned
+
+    @property
+    def timeline(self) -> int:
+        """Rollbacks seen (`resume --from`): a timeline's child runs are its own."""
+        return self.history.rollbacks
 
     def activate(self) -> contextvars.Token[WorkflowContext | None]:
         return _current.set(self)
@@ -140,19 +137,27 @@ class WorkflowContext:
     def recorded(self, pos: int, kinds: tuple[str, ...], called: str) -> LogEntry | None:
         """The entry answering the call at ``pos``, None if the call is new there.
 
-        Raises `NondeterminismError` if a different call was recorded at ``pos``.
+        Raises `NondeterminismError` if a different call was recorded at ``pos`` — unless
+        the journal lags (a restored process): then the difference is recorded as a
+        divergence and the call executes afresh.
         """
-        entries = self.at.get(pos)
-        if not entries:
-            return None
-        for entry in entries:
-            recorded = _DESCRIBE[entry.kind](entry.payload)
-            if recorded != called:
+        if pos not in self.at and self.journal.lagging:
+            self.history.absorb(self.journal.read(after=self.history.last_seq))
+        for entry in self.at.get(pos, ()):
+            recorded = describe_call(entry)
+            if recorded == called:
+                continue
+            if not self.journal.lagging:
                 raise NondeterminismError(self.run.id, pos, recorded, called)
-        for entry in reversed(entries):
-            if entry.kind in kinds:
-                return entry
-        return None
+            self.record(
+                "divergence",
+                {"at": pos, "recorded": recorded, "called": called,
+                 "message": f"position {pos}: recorded `{recorded}`, now `{called}`; "
+                 "executed afresh"},
+            )  # fmt: skip
+            self.at.pop(pos, None)
+            return None
+        return self.history.answer(pos, kinds)
 
     def opened(self, pos: int, kind: str) -> LogEntry | None:
         """The ``wait``/``sleep`` entry that began the call at ``pos`` in an earlier attempt."""
@@ -162,8 +167,8 @@ class WorkflowContext:
         return None
 
     @contextmanager
-    def _owned_write(self) -> Iterator[None]:
-        """A write under this execution's lease: a lost lease or store ends the attempt."""
+    def owned_write(self) -> Iterator[None]:
+        """A write under this execution's claim: a lost claim or store ends the attempt."""
         try:
             yield
         except FencedError:
@@ -173,16 +178,56 @@ class WorkflowContext:
             raise Unreachable(exc.reason) from None
 
     def record(self, kind: str, payload: dict[str, Any]) -> int:
-        """Append to the run's log under this execution's lease."""
-        with self._owned_write():
-            appended = self.store.append_owned(self.run.id, kind, payload, epoch=self.run.epoch)
+        """Append to the run's log under this execution's claim. A call's result is
+        recorded at a safe point, and once (see `Journal.append_result`)."""
+        pos = payload.get("pos")
+        with self.owned_write():
+            if kind in _RESULT_KINDS and isinstance(pos, int):
+                # With the `step` checkpoint policy the snapshot is taken here, after the
+                # step's body and before its result is recorded, so the workspace and the
+                # log agree whatever the moment of a crash.
+                self.journal.safepoint(force=False)
+                appended = self.journal.append_result(kind, payload, after=self.history.last_seq)
+            else:
+                appended = self.journal.append(kind, payload)
         if appended.cancel_requested:
             self.cancel_requested = True
         return appended.seq
 
+    def host_step(
+        self,
+        call: str,
+        request: dict[str, Any],
+        *,
+        name: str,
+        kind: str,
+        retries: int,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+    ) -> Any:
+        """A call executed and recorded on the host (a model call), at the next position;
+        its result, or its recorded error raised."""
+        pos = self.next_position()
+        entry = self.recorded(pos, (kind,), name)
+        if entry is None:
+            self.boundary()
+            spec = HostCall(
+                pos=pos, name=name, kind=kind, call=call, request=request, retries=retries,
+                backoff=backoff, max_backoff=max_backoff, after=self.history.last_seq,
+            )  # fmt: skip
+            with self.owned_write():
+                payload = self.journal.host_call(spec, before_attempt=self.boundary)
+        else:
+            payload = entry.payload
+        if "error" in payload:
+            raise decode_error(payload["error"])
+        return payload.get("result")
+
     def safepoint(self, *, force: bool = False) -> None:
-        """Where a snapshot may be taken (`torpor.checkpoint()`): nothing to do on the
+        """Where a snapshot may be taken (`torpor.checkpoint()`); nothing to do on the
         replay road, whose journal is its whole state."""
+        with self.owned_write():
+            self.journal.safepoint(force=force)
 
     def boundary(self) -> None:
         """A step boundary: where cancellation, shutdown and a lost lease take effect."""
@@ -193,53 +238,31 @@ class WorkflowContext:
         if self.stopping.is_set():
             raise Released()
 
-    def set_status(self, status: RunStatus, *, release: bool = False) -> None:
-        with self._owned_write():
-            self.store.update_run(self.run.id, self.run.epoch, status=status, release=release)
-
     def block(
         self,
         poll: Callable[[], tuple[bool, Any]],
         deadline: float | None,
-        ready: Callable[[], bool],
         wake_on: dict[str, str] | None = None,
     ) -> tuple[bool, Any]:
-        """Wait in this process until ``poll`` says done or ``deadline`` passes.
+        """Wait until ``poll`` says done or ``deadline`` passes.
 
-        Returns ``poll``'s value, or ``(False, None)`` at the deadline. Waits longer than
-        ``park_after`` release the run by raising `Parked`: it is claimed again at the
-        deadline, or earlier when what it waits for happens (``ready()``).
+        Returns ``poll``'s value, or ``(False, None)`` at the deadline. The journal decides
+        how to wait: here, or by releasing the run (`Parked`) until ``wake_on`` (an event,
+        a child's end) or the deadline wakes it.
         """
         done, value = poll()
         if done:
             return done, value
-        self.set_status(RunStatus.WAITING)
+        with self.owned_write():
+            self.journal.set_status(RunStatus.WAITING)
         started = time.monotonic()
-        delay = 0.02
-        while True:
-            now = time.time()
-            if deadline is not None and now >= deadline:
+        while not done:
+            if deadline is not None and time.time() >= deadline:
                 break
             self.boundary()
-            if self.park_after is not None and time.monotonic() - started >= self.park_after:
-                self.park(deadline, ready)
-            step = delay if deadline is None else min(delay, max(0.0, deadline - now))
-            time.sleep(step)
-            delay = min(delay * 1.5, 0.5)
+            with self.owned_write():
+                self.journal.hold(deadline, wake_on or {}, time.monotonic() - started)
             done, value = poll()
-            if done:
-                break
-        self.set_status(RunStatus.RUNNING)
+        with self.owned_write():
+            self.journal.set_status(RunStatus.RUNNING)
         return done, value
-
-    def park(self, wake_at: float | None, ready: Callable[[], bool]) -> None:
-        """Release the run until ``wake_at`` or until something wakes it; the thread unwinds."""
-        with self._owned_write():
-            self.store.update_run(
-                self.run.id, self.run.epoch, status=RunStatus.WAITING, wake_at=wake_at, release=True
-            )
-        # What it waits for may have come between the last poll and the release, when a
-        # wake-up could not reach a run still holding its lease.
-        if ready():
-            self.store.wake_run(self.run.id)
-        raise Parked()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import threading
@@ -11,9 +10,8 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from .._errors import FencedError, NondeterminismError, StoreUnavailableError, TorporError
-from .._model import RunRecord, RunStatus
-from ..store import Store
+from .._errors import StoreUnavailableError, TorporError
+from .._model import RunStatus
 from ._codec import Unrecordable, encode_error, from_json, to_json
 from ._context import (
     Cancelled,
@@ -24,6 +22,7 @@ from ._context import (
     Unreachable,
     WorkflowContext,
 )
+from ._journal import Journal
 from ._registry import WorkflowDef, lookup_workflow
 
 __all__ = ["encode_input", "execute_run"]
@@ -63,28 +62,23 @@ def _invoke(wf: WorkflowDef, args: list[Any], kwargs: dict[str, Any]) -> Any:
 
 
 def execute_run(
-    store: Store,
-    run: RunRecord,
+    journal: Journal,
     *,
     worker_id: str,
-    park_after: float | None,
     stopping: threading.Event,
-    spawn: Callable[[str], None],
     on_context: Callable[[WorkflowContext], None] | None = None,
-    context_class: type[WorkflowContext] = WorkflowContext,
 ) -> RunStatus | None:
-    """Run ``run`` (claimed by ``worker_id``) until it ends, parks or is released.
+    """Run the journal's run (claimed by ``worker_id``) until it ends, parks or is released.
 
     Returns the final status, or None if the run left this worker unfinished (parked,
     released at shutdown, or taken over by another worker).
     """
+    run = journal.run
     try:
         wf = lookup_workflow(run.workflow, run.source)
     except TorporError as exc:
-        return _end(store, run, RunStatus.FAILED, error=encode_error(exc))
-    ctx = context_class.load(
-        store, run, worker_id=worker_id, park_after=park_after, stopping=stopping, spawn=spawn
-    )
+        return _end(journal, RunStatus.FAILED, error=encode_error(exc))
+    ctx = WorkflowContext.load(journal, worker_id=worker_id, stopping=stopping)
     if on_context is not None:
         on_context(ctx)
     token = ctx.activate()
@@ -95,11 +89,11 @@ def execute_run(
         args, kwargs = _decode_input(wf.fn, run.input)
         result = _invoke(wf, args, kwargs)
     except Cancelled:
-        return _end(store, run, RunStatus.CANCELLED)
+        return _end(journal, RunStatus.CANCELLED)
     except Parked:
         return None
     except Released:
-        _release(store, run)
+        journal.release()
         return None
     except Stopped:
         log.warning("run %s: lease lost to another worker; stopped", run.id)
@@ -115,48 +109,19 @@ def execute_run(
         return None
     except Interrupt:  # pragma: no cover - every Interrupt is handled above
         raise
-    except NondeterminismError as exc:
-        return _end(store, run, RunStatus.FAILED, error=encode_error(exc))
-    except Exception as exc:
-        return _end(store, run, RunStatus.FAILED, error=encode_error(exc))
+    except Exception as exc:  # NondeterminismError included: the run fails with it
+        return _end(journal, RunStatus.FAILED, error=encode_error(exc))
     finally:
         ctx.deactivate(token)
     try:
         output = to_json(result)
     except Unrecordable as exc:
         error = TorporError(f"the workflow returned a `{exc.type_name}`, which cannot be recorded")
-        return _end(store, run, RunStatus.FAILED, error=encode_error(error))
-    return _end(store, run, RunStatus.COMPLETED, output=output)
+        return _end(journal, RunStatus.FAILED, error=encode_error(error))
+    return _end(journal, RunStatus.COMPLETED, output=output)
 
 
 def _end(
-    store: Store, run: RunRecord, status: RunStatus, *, output: Any = None, error: Any = None
+    journal: Journal, status: RunStatus, *, output: Any = None, error: Any = None
 ) -> RunStatus | None:
-    summary: dict[str, Any] = {}
-    if error is not None:
-        summary = {"type": error.get("type"), "message": error.get("message")}
-    try:
-        store.update_run(
-            run.id,
-            run.epoch,
-            status=status,
-            output=output,
-            error=error,
-            entry=(status.value, summary),
-        )
-    except FencedError:
-        log.warning(
-            "run %s: lease lost before recording its end; the new owner finishes it", run.id
-        )
-        return None
-    log.info("run %s %s (attempt %d)", run.id, status.value, run.attempt)
-    if run.parent_id:
-        store.wake_run(run.parent_id)
-    return status
-
-
-def _release(store: Store, run: RunRecord) -> None:
-    with contextlib.suppress(FencedError):
-        store.update_run(
-            run.id, run.epoch, status=RunStatus.QUEUED, release=True, entry=("released", {})
-        )
+    return status if journal.end(status, output=output, error=error) else None

@@ -9,7 +9,7 @@ import uuid as _uuid
 from typing import Any
 
 from .._errors import TorporError
-from ._context import WorkflowContext, current, require, step_key
+from ._context import current, require, step_key
 
 __all__ = [
     "checkpoint",
@@ -89,10 +89,6 @@ def checkpoint() -> None:
         ctx.safepoint(force=True)
 
 
-def _events_pending(ctx: WorkflowContext, name: str) -> bool:
-    return any(e.name == name and e.consumed_seq is None for e in ctx.store.list_events(ctx.run.id))
-
-
 def wait_for_event(name: str, timeout: float | None = None) -> Any:
     """Wait durably for the event ``name`` sent to this run; its payload, or None once
     ``timeout`` seconds have passed (measured from the first time the wait began)."""
@@ -113,12 +109,11 @@ def wait_for_event(name: str, timeout: float | None = None) -> Any:
         ctx.record("wait", {"pos": pos, "name": name, "deadline": deadline})
 
     def poll() -> tuple[bool, Any]:
-        event = ctx.store.consume_event(ctx.run.id, name, epoch=ctx.run.epoch, entry={"pos": pos})
+        with ctx.owned_write():
+            event = ctx.journal.consume_event(name, entry={"pos": pos})
         return (True, event.payload) if event is not None else (False, None)
 
-    done, payload = ctx.block(
-        poll, deadline, lambda: _events_pending(ctx, name), wake_on={"event": name}
-    )
+    done, payload = ctx.block(poll, deadline, wake_on={"event": name})
     if done:
         return payload
     ctx.record("timeout", {"pos": pos, "name": name})
@@ -140,6 +135,7 @@ def sleep(seconds: float) -> None:
         ctx.boundary()
         until = time.time() + max(0.0, seconds)
         ctx.record("sleep", {"pos": pos, "until": until, "seconds": seconds})
-        ctx.store.add_timer(ctx.run.id, f"sleep@{pos}", until)
+        with ctx.owned_write():
+            ctx.journal.add_timer(f"sleep@{pos}", until)
     if time.time() < until:
-        ctx.block(lambda: (False, None), until, lambda: False)
+        ctx.block(lambda: (False, None), until)

@@ -10,11 +10,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from .._errors import TorporError, WorkflowNotFoundError
 
-__all__ = ["WorkflowDef", "load_source", "lookup_workflow", "register_workflow", "source_of"]
+__all__ = [
+    "WorkflowDef",
+    "load_source",
+    "load_workflow_ref",
+    "lookup_workflow",
+    "register_workflow",
+    "source_of",
+]
 
 
 @dataclass(frozen=True)
@@ -88,13 +96,13 @@ def _load_source(source: dict[str, str]) -> None:
     _load_file(Path(source["file"]), Path(source["file"]).stem, script=True)
 
 
-def _load_file(path: Path, name: str, *, script: bool) -> None:
+def _load_file(path: Path, name: str, *, script: bool) -> ModuleType:
     """Execute ``path`` as the module ``name`` (once); a ``script`` is named by its file."""
     if not path.is_file():
         raise TorporError(f"{path} does not exist")
     loaded = sys.modules.get(name)
     if loaded is not None and getattr(loaded, "__file__", None) == str(path):
-        return
+        return loaded
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise TorporError(f"{path} is not a Python file")
@@ -109,6 +117,7 @@ def _load_file(path: Path, name: str, *, script: bool) -> None:
     except BaseException:
         sys.modules.pop(name, None)
         raise
+    return module
 
 
 def lookup_workflow(name: str, source: dict[str, str] | None = None) -> WorkflowDef:
@@ -128,3 +137,54 @@ def lookup_workflow(name: str, source: dict[str, str] | None = None) -> Workflow
         where = source.get("module") or source.get("file")
         raise WorkflowNotFoundError(name, f"{where} defines no @torpor.workflow of that name")
     return wf
+
+
+def load_workflow_ref(ref: str) -> WorkflowDef:
+    """The workflow ``ref`` names: ``FILE:FUNC``, a Python file and a function in it (the
+    file is imported once; a plain function becomes a workflow named after it), or the name
+    of a workflow registered in this process.
+
+    Raises:
+        WorkflowNotFoundError: ``ref`` names nothing loadable; ``reason`` says what was
+            wrong and how to fix it.
+    """
+    file, sep, func = ref.rpartition(":")
+    if not sep:
+        wf = _registry.get(ref)
+        if wf is None:
+            raise WorkflowNotFoundError(
+                ref,
+                "it is not registered in this process; give it as FILE:FUNC (e.g. "
+                "agent.py:main), or import its module first (--import MODULE_OR_FILE)",
+            )
+        return wf
+    if not file or not func:
+        raise WorkflowNotFoundError(ref, "give the workflow as FILE:FUNC, e.g. agent.py:main")
+    path = Path(file).resolve()
+    if not path.is_file():
+        raise WorkflowNotFoundError(
+            ref, f"{file} is not a Python file on this machine: no such file"
+        )
+    if path.suffix != ".py":
+        raise WorkflowNotFoundError(
+            ref, f"{file} is not a Python file (FILE:FUNC names a .py file)"
+        )
+    with _load_lock:
+        try:
+            module = _load_file(path, path.stem, script=True)
+        except (Exception, SystemExit) as exc:  # a script may call sys.exit() when imported
+            raise WorkflowNotFoundError(
+                ref, f"importing {file} failed: {type(exc).__name__}: {exc}"
+            ) from None
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        found = sorted(name for name, value in vars(module).items() if _decorated(value))
+        hint = f"; its workflows: {', '.join(found)}" if found else ""
+        raise WorkflowNotFoundError(ref, f"{file} has no function {func!r}{hint}")
+    return _decorated(fn) or register_workflow(fn, None)
+
+
+def _decorated(value: Any) -> WorkflowDef | None:
+    """The workflow ``value`` was registered as by ``@torpor.workflow``, if it was."""
+    wf = getattr(value, "__torpor_workflow__", None)
+    return wf if isinstance(wf, WorkflowDef) else None

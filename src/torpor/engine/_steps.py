@@ -17,9 +17,18 @@ from typing import Any, ParamSpec, TypeVar, overload
 from .._errors import StepResultError, StepTimeoutError
 from ._codec import Unrecordable, args_hash, decode_error, encode_error, from_json, to_json
 from ._context import WorkflowContext, current, in_step, step_key
+from ._journal import HostCall, lookup_host_call
 from ._registry import WorkflowDef, register_workflow
 
-__all__ = ["Step", "StepOptions", "step", "workflow"]
+__all__ = [
+    "Step",
+    "StepOptions",
+    "attempt_with_retries",
+    "execute_host_call",
+    "step",
+    "workflow",
+    "workflow_def",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -44,6 +53,82 @@ class StepOptions:
 
     def retryable(self, exc: BaseException, attempt: int) -> bool:
         return attempt <= self.retries and not isinstance(exc, self.non_retryable)
+
+
+def retry_payload(
+    opts: StepOptions, pos: int, attempt: int, delay: float, exc: BaseException
+) -> dict[str, Any]:
+    return {"at": pos, "name": opts.name, "attempt": attempt, "delay": delay,
+            "error": encode_error(exc)}  # fmt: skip
+
+
+def failure_payload(
+    opts: StepOptions, pos: int, attempt: int, exc: BaseException, digest: str | None = None
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {"pos": pos, "name": opts.name}
+    if digest is not None:
+        payload["hash"] = digest
+    payload["error"] = encode_error(exc)
+    if attempt > 1:
+        payload["attempt"] = attempt
+    return payload
+
+
+def attempt_with_retries(
+    opts: StepOptions,
+    pos: int,
+    body: Callable[[], Any],
+    *,
+    record_retry: Callable[[dict[str, Any]], Any],
+    before_attempt: Callable[[], None] = lambda: None,
+) -> tuple[Any, BaseException | None, int]:
+    """Call ``body`` until it returns, or fails in a way (or as often as) ``opts`` does not
+    retry; each failed attempt that is retried is recorded (``record_retry``) before the
+    backoff. ``(result, None, attempts)`` or ``(None, error, attempts)``."""
+    attempt = 1
+    while True:
+        before_attempt()
+        try:
+            return body(), None, attempt
+        except Exception as exc:
+            if not opts.retryable(exc, attempt):
+                return None, exc, attempt
+            delay = opts.delay(attempt)
+            record_retry(retry_payload(opts, pos, attempt, delay, exc))
+            time.sleep(delay)
+            attempt += 1
+
+
+def execute_host_call(
+    call: HostCall,
+    *,
+    record_retry: Callable[[dict[str, Any]], Any],
+    before_attempt: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """Execute a host call with its retries; the payload to record (``result``/``error``)."""
+    definition = lookup_host_call(call.call)
+    opts = StepOptions(
+        name=call.name,
+        retries=max(0, call.retries),
+        backoff=call.backoff,
+        max_backoff=call.max_backoff,
+        timeout=None,
+        non_retryable=definition.non_retryable(),
+        kind=call.kind,
+    )
+    result, exc, attempt = attempt_with_retries(
+        opts,
+        call.pos,
+        lambda: definition.fn(call.request),
+        record_retry=record_retry,
+        before_attempt=before_attempt,
+    )
+    if exc is not None:
+        return failure_payload(opts, call.pos, attempt, exc)
+    payload: dict[str, Any] = {"pos": call.pos, "name": call.name, "result": to_json(result)}
+    if attempt > 1:
+        payload["attempt"] = attempt
+    return payload
 
 
 def _return_annotation(fn: Callable[..., Any]) -> Any:
@@ -99,22 +184,8 @@ class Step:
 
     def failed(
         self, ctx: WorkflowContext, pos: int, digest: str, attempt: int, exc: BaseException
-    ) -> float | None:
-        """Record a failed attempt; the delay before the next one, or None to give up."""
-        if self.opts.retryable(exc, attempt):
-            delay = self.opts.delay(attempt)
-            ctx.record(
-                "step_retry",
-                {"at": pos, "name": self.opts.name, "attempt": attempt, "delay": delay,
-                 "error": encode_error(exc)},
-            )  # fmt: skip
-            return delay
-        error = encode_error(exc)
-        payload = {"pos": pos, "name": self.opts.name, "hash": digest, "error": error}
-        if attempt > 1:
-            payload["attempt"] = attempt
-        ctx.record(self.opts.kind, payload)
-        return None
+    ) -> None:
+        ctx.record(self.opts.kind, failure_payload(self.opts, pos, attempt, exc, digest))
 
     def call_sync(self, ctx: WorkflowContext, args: Any, kwargs: Any) -> Any:
         pos = ctx.next_position()
@@ -122,19 +193,17 @@ class Step:
         done, value = self.replayed(ctx, pos, digest)
         if done:
             return value
-        attempt = 1
-        while True:
-            ctx.boundary()
-            try:
-                result = self._attempt_sync(ctx.run.id, pos, args, kwargs)
-            except Exception as exc:
-                delay = self.failed(ctx, pos, digest, attempt, exc)
-                if delay is None:
-                    raise
-                time.sleep(delay)
-                attempt += 1
-                continue
-            return self.finish(ctx, pos, digest, attempt, result)
+        result, exc, attempt = attempt_with_retries(
+            self.opts,
+            pos,
+            lambda: self._attempt_sync(ctx.run.id, pos, args, kwargs),
+            record_retry=lambda retry: ctx.record("step_retry", retry),
+            before_attempt=ctx.boundary,
+        )
+        if exc is not None:
+            self.failed(ctx, pos, digest, attempt, exc)
+            raise exc
+        return self.finish(ctx, pos, digest, attempt, result)
 
     def _attempt_sync(self, run_id: str, pos: int, args: Any, kwargs: Any) -> Any:
         ctx_vars = contextvars.copy_context()
@@ -173,9 +242,11 @@ class Step:
                     except TimeoutError:
                         raise StepTimeoutError(self.opts.name, self.opts.timeout) from None
             except Exception as exc:
-                delay = self.failed(ctx, pos, digest, attempt, exc)
-                if delay is None:
+                if not self.opts.retryable(exc, attempt):
+                    self.failed(ctx, pos, digest, attempt, exc)
                     raise
+                delay = self.opts.delay(attempt)
+                ctx.record("step_retry", retry_payload(self.opts, pos, attempt, delay, exc))
                 await asyncio.sleep(delay)
                 attempt += 1
                 continue

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._errors import TorporError
+from ..engine import encode_error
 from ._protocol import read_message, write_message
 
 __all__ = ["GatewayServer", "Handler"]
@@ -87,10 +89,16 @@ class GatewayServer:
             request = read_message(conn)
             reply, after = self.handler(request, _peer_pid(conn))
             write_message(conn, reply)
+        except ConnectionError as exc:  # a message cut short or too large: nothing to answer
+            log.warning("gateway: %s", exc)
+        except ValueError as exc:  # not JSON: the sandbox's mistake, not the worker's
+            log.warning("gateway: a message is not JSON: %s", exc)
+            with contextlib.suppress(OSError):
+                write_message(conn, {"error": encode_error(TorporError(f"not JSON: {exc}"))})
         except Exception as exc:
             log.warning("gateway call failed: %s", exc, exc_info=True)
             with contextlib.suppress(OSError):
-                write_message(conn, {"error": {"type": type(exc).__name__, "message": str(exc)}})
+                write_message(conn, {"error": encode_error(TorporError(f"gateway: {exc}"))})
         finally:
             conn.close()
             with self._idle:

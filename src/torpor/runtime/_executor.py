@@ -10,12 +10,13 @@ import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
+from .._config import Settings
 from .._errors import FencedError, StoreUnavailableError
-from .._model import Road, RunRecord
-from ..engine._context import WorkflowContext
-from ..engine._engine import execute_run
+from .._model import Road, RunRecord, RunStatus
+from ..engine import StoreJournal, WorkflowContext, encode_error, execute_run
+from ..log import MAX_FAILURES, failures_in_a_row
 from ..store import Store
-from ._snapshot_road import SnapshotRoadRun
+from .snapshot_road import SnapshotRoadRun
 
 __all__ = ["Executor", "new_worker_id"]
 
@@ -115,19 +116,22 @@ class Executor:
 
     def _execute(self, run: RunRecord) -> None:
         try:
+            # Settings as they are now (a process may change its environment between runs).
+            settings = Settings.from_env()
             if run.road is Road.SNAPSHOT:
                 SnapshotRoadRun(
-                    self.store, run, self.worker_id, self.stopping, self.spawn
+                    self.store, run, self.worker_id, self.stopping, self.spawn, settings
                 ).execute()
                 return
-            execute_run(
+            journal = StoreJournal(
                 self.store,
                 run,
-                worker_id=self.worker_id,
-                park_after=self.park_after,
-                stopping=self.stopping,
+                workspace=settings.home / "workspaces" / run.id,
                 spawn=self.spawn,
-                on_context=self._track,
+                park_after=self.park_after,
+            )
+            execute_run(
+                journal, worker_id=self.worker_id, stopping=self.stopping, on_context=self._track
             )
         except StoreUnavailableError as exc:
             # Giving the run back needs the store too; its lease expiring gives it back.
@@ -152,10 +156,6 @@ class Executor:
         """After a failure of torpor's own (not the workflow's): retry elsewhere, or after
         three such failures in a row fail the run, rather than leave it to a lease that may
         be long."""
-        from .._model import RunStatus
-        from ..engine._codec import encode_error
-        from ._failures import MAX_FAILURES, failures_in_a_row
-
         message = f"{type(exc).__name__}: {exc}"
         try:
             if failures_in_a_row(self.store, run.id) + 1 >= MAX_FAILURES:

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .._config import Settings, redact_url
 from .._errors import ConfigError
-from ._base import Store, encode_json
+from ._base import Appended, Store, encode_json
 from ._schema import SCHEMA_VERSION
 from ._sql import SqlStore
 
-__all__ = ["SCHEMA_VERSION", "SqlStore", "Store", "encode_json", "open_store"]
+if TYPE_CHECKING:
+    from ._postgres import PostgresStore
+    from ._sqlite import SQLiteStore
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Appended",
+    "PostgresStore",
+    "SQLiteStore",
+    "SqlStore",
+    "Store",
+    "encode_json",
+    "open_store",
+]
 
 
 def open_store(url: str | None = None, *, settings: Settings | None = None) -> Store:
@@ -35,3 +50,16 @@ def open_store(url: str | None = None, *, settings: Settings | None = None) -> S
         f"unsupported database URL {redact_url(url)!r}; "
         "use sqlite:///path/to/torpor.db or postgresql://user@host/dbname"
     )
+
+
+def __getattr__(name: str) -> Any:
+    # The dialects load when first asked for: psycopg alone takes ~0.1 s to import.
+    if name == "PostgresStore":
+        from ._postgres import PostgresStore
+
+        return PostgresStore
+    if name == "SQLiteStore":
+        from ._sqlite import SQLiteStore
+
+        return SQLiteStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

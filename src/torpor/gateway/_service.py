@@ -1,0 +1,227 @@
+"""The worker's side of the gateway: each typed operation done against the store, under the
+run's claim, for the run of this sandbox only.
+
+What concerns the sandbox's supervision (safe points, long waits, the run's end) is asked of
+a `SandboxHost`, which the worker's snapshot road implements; this module knows nothing else
+of the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .._errors import FencedError, RunNotFoundError, StoreUnavailableError, TorporError
+from .._model import RunRecord, RunStatus
+from ..engine import HostCall, encode_error, end_run, execute_host_call
+from ..log import recorded_since
+from ..store import Appended, Store
+from ._ops import (
+    AddTimer,
+    Append,
+    AppendResult,
+    CallHost,
+    ConsumeEvent,
+    End,
+    Exit,
+    GatewayRequestError,
+    GetChild,
+    Hello,
+    Op,
+    Park,
+    Read,
+    Safepoint,
+    StartChild,
+    parse_request,
+)
+
+__all__ = ["GatewayService", "Reply", "SandboxHost"]
+
+log = logging.getLogger("torpor.gateway")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A result; ``stop``: the sandbox stops itself once it read it (``after``: and goes
+    on; ``retry``: and sends the request again); ``then``: done once the reply is sent."""
+
+    result: Any = None
+    stop: str | None = None
+    then: Callable[[], None] | None = None
+
+
+class SandboxHost(Protocol):
+    """What the gateway needs of the worker that supervises the sandbox."""
+
+    store: Store
+    run: RunRecord
+    worker_id: str
+
+    def spawn(self, run_id: str) -> None: ...
+
+    def at_safepoint(self, force: bool, peer: int) -> Reply: ...
+
+    def at_park(self, deadline: float | None, wake_on: dict[str, str], peer: int) -> Reply: ...
+
+    def ended(self) -> None:
+        """The run recorded its end."""
+
+    def exited(self, status: str | None) -> None:
+        """The runner is done with the run."""
+
+    def lost(self) -> None:
+        """Another worker holds the run now."""
+
+    def unreachable(self, exc: StoreUnavailableError) -> None:
+        """The store could not be reached: whether a write landed is unknown."""
+
+
+def _appended(appended: Appended) -> dict[str, Any]:
+    return {"seq": appended.seq, "cancel_requested": appended.cancel_requested}
+
+
+class GatewayService:
+    """Answers one sandbox's gateway calls (the `GatewayServer`'s handler)."""
+
+    def __init__(self, host: SandboxHost) -> None:
+        self.host = host
+        self._handlers: dict[type[Op], Callable[[Any, int], Reply]] = {
+            Hello: self._hello,
+            Read: self._read,
+            Append: self._append,
+            AppendResult: self._append_result,
+            Safepoint: lambda op, peer: host.at_safepoint(op.force, peer),
+            ConsumeEvent: self._consume_event,
+            AddTimer: self._add_timer,
+            GetChild: self._get_child,
+            StartChild: self._start_child,
+            CallHost: self._call_host,
+            Park: lambda op, peer: host.at_park(op.deadline, op.wake_on, peer),
+            End: self._end,
+            Exit: self._exit,
+        }
+
+    @property
+    def _store(self) -> Store:
+        return self.host.store
+
+    @property
+    def _run(self) -> RunRecord:
+        return self.host.run
+
+    def handle(
+        self, request: dict[str, Any], peer: int
+    ) -> tuple[dict[str, Any], Callable[[], None] | None]:
+        try:
+            op = parse_request(request)
+        except GatewayRequestError as exc:
+            log.warning("run %s: %s", self._run.id, exc.message)
+            return {"error": encode_error(exc)}, None
+        try:
+            reply = self._handlers[type(op)](op, peer)
+        except FencedError as exc:
+            self.host.lost()
+            return {"error": encode_error(exc)}, None
+        except StoreUnavailableError as exc:
+            self.host.unreachable(exc)
+            return {"error": encode_error(exc)}, None
+        except TorporError as exc:
+            return {"error": encode_error(exc)}, None
+        wire: dict[str, Any] = {"result": reply.result}
+        if reply.stop is not None:
+            wire["stop"] = reply.stop
+        return wire, reply.then
+
+    def _hello(self, op: Hello, peer: int) -> Reply:
+        return Reply(
+            {
+                "run": self._run.to_json(),
+                "source": self._run.source,
+                "worker": self.host.worker_id,
+                "sys_path": [p for p in sys.path if p],
+            }
+        )
+
+    def _read(self, op: Read, peer: int) -> Reply:
+        entries = self._store.read(self._run.id, after=op.after, limit=op.limit)
+        return Reply([e.to_json() for e in entries])
+
+    def _append(self, op: Append, peer: int) -> Reply:
+        run = self._run
+        return Reply(
+            _appended(self._store.append_owned(run.id, op.kind, op.payload, epoch=run.epoch))
+        )
+
+    def _append_result(self, op: AppendResult, peer: int) -> Reply:
+        tail = self._store.read(self._run.id, after=op.after)
+        found = recorded_since(tail, op.kind, op.payload.get("pos"))
+        if found is not None:
+            return Reply({"seq": found.seq, "cancel_requested": False})
+        return self._append(Append(kind=op.kind, payload=op.payload), peer)
+
+    def _consume_event(self, op: ConsumeEvent, peer: int) -> Reply:
+        run = self._run
+        event = self._store.consume_event(run.id, op.name, epoch=run.epoch, entry=op.entry)
+        if event is None:
+            return Reply(None)
+        return Reply(
+            {"id": event.id, "payload": event.payload, "created_at": event.created_at,
+             "consumed_seq": event.consumed_seq}
+        )  # fmt: skip
+
+    def _add_timer(self, op: AddTimer, peer: int) -> Reply:
+        self._store.add_timer(self._run.id, op.name, op.fire_at)
+        return Reply(None)
+
+    def _child(self, run_id: str) -> RunRecord:
+        """A child of this run: a sandbox sees no other run."""
+        record = self._store.get_run(run_id)
+        if record.parent_id != self._run.id:
+            raise RunNotFoundError(run_id)
+        return record
+
+    def _get_child(self, op: GetChild, peer: int) -> Reply:
+        return Reply(self._child(op.run_id).to_json())
+
+    def _start_child(self, op: StartChild, peer: int) -> Reply:
+        try:
+            self._child(op.run_id)
+        except RunNotFoundError:
+            self._store.create_run(
+                op.workflow, road=op.road, input=op.input, queue=op.queue,
+                priority=op.priority, parent_id=self._run.id, run_id=op.run_id,
+                source=op.source,
+            )  # fmt: skip
+        self.host.spawn(op.run_id)
+        return Reply(None)
+
+    def _call_host(self, op: CallHost, peer: int) -> Reply:
+        """A model call for the sandbox, made here with the worker's keys and recorded."""
+        run = self._run
+        answered = recorded_since(self._store.read(run.id, after=op.after), op.kind, op.pos)
+        if answered is not None:
+            return Reply(answered.payload)
+        call = HostCall(**op.model_dump(exclude={"op"}))
+        payload = execute_host_call(
+            call,
+            record_retry=lambda retry: self._store.append(
+                run.id, "step_retry", retry, epoch=run.epoch
+            ),
+        )
+        self._store.append(run.id, op.kind, payload, epoch=run.epoch)
+        return Reply(payload)
+
+    def _end(self, op: End, peer: int) -> Reply:
+        if not end_run(self._store, self._run, RunStatus(op.status), output=op.output,
+                       error=op.error):  # fmt: skip
+            self.host.lost()
+            return Reply(False)
+        self.host.ended()
+        return Reply(True)
+
+    def _exit(self, op: Exit, peer: int) -> Reply:
+        self.host.exited(op.status)
+        return Reply(None)

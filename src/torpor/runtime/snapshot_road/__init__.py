@@ -1,0 +1,8 @@
+"""The snapshot road: a run's workflow executes in a sandbox, behind the gateway, and
+its state is checkpointed with CRIU (`_run`: supervision and the gateway's host side;
+`_checkpoints`: checkpoints and suspends; `_restore`: bringing a snapshot back)."""
+
+from ._checkpoints import CHECKPOINT_EVENT, checkpoint_now
+from ._run import SnapshotRoadRun
+
+__all__ = ["CHECKPOINT_EVENT", "SnapshotRoadRun", "checkpoint_now"]
