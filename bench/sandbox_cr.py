@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, median_spread, progress, rss_mb, save_results, write_section
 from torpor import Settings
-from torpor.sandbox import Sandbox, find_criu
-from torpor.sandbox._host import become_subreaper, start_time
+from torpor.sandbox import Sandbox, find_criu, process_start_time
+from torpor.sandbox._host import become_subreaper
 
 AGENT = """
 import subprocess, sys, threading, time
@@ -145,7 +145,7 @@ def _bare_round(size: str, scratch: Path, criu: str) -> dict[str, float]:
             raise RuntimeError(f"bare criu restore failed: {errors[-3:]}")
         restore = time.perf_counter() - started
         restored = int((scratch / "bare.pid").read_text())
-        if start_time(restored) is None:
+        if process_start_time(restored) is None:
             raise RuntimeError("the bare restored process did not keep running")
         return {"dump": dump, "restore": restore, "image_mb": _tree_mb(images)}
     finally:

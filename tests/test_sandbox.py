@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 
 import _criu_fixtures
-import torpor.sandbox._sandbox
+import torpor.sandbox._checkpoint
+import torpor.sandbox._launch
 from _criu_fixtures import wait_for
 from torpor import Settings
 from torpor.sandbox import (
     Checkpoint,
+    CheckpointBaseRootError,
     CheckpointBlockedError,
     CriuError,
     CriuNotFoundError,
@@ -164,7 +166,7 @@ class _EndsBeforeTheLauncherLooks(subprocess.Popen):  # type: ignore[type-arg]
 def test_a_command_gone_before_the_launcher_looks_reports_its_status(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, cmd: list[str], status: int
 ) -> None:
-    monkeypatch.setattr(torpor.sandbox._sandbox.subprocess, "Popen", _EndsBeforeTheLauncherLooks)
+    monkeypatch.setattr(torpor.sandbox._launch.subprocess, "Popen", _EndsBeforeTheLauncherLooks)
     with Sandbox.launch(cmd, settings=settings) as box:
         monkeypatch.undo()
         assert box.wait(timeout=30) == status
@@ -526,7 +528,7 @@ def test_criu_refusing_a_dump_gives_the_same_answer(
 ) -> None:
     # What the inspection can miss (a resource taken just before the dump) CRIU refuses;
     # its log is translated into the same error, and the thawed tree runs on.
-    monkeypatch.setattr(torpor.sandbox._sandbox, "find_blockers", lambda pid, limit: [])
+    monkeypatch.setattr(torpor.sandbox._checkpoint, "find_blockers", lambda pid, limit: [])
     box, peer = _launch_holder(kind, settings, tmp_path)
     try:
         with pytest.raises(CheckpointBlockedError) as err:
@@ -549,7 +551,7 @@ def test_restore_failure_names_the_cause_and_cleans_up(
 ) -> None:
     # CRIU dumps a unix socket to the outside but cannot restore it; with the inspection
     # out of the way, the restore's failure is what the user sees.
-    monkeypatch.setattr(torpor.sandbox._sandbox, "find_blockers", lambda pid, limit: [])
+    monkeypatch.setattr(torpor.sandbox._checkpoint, "find_blockers", lambda pid, limit: [])
     box, peer = _launch_holder("unix", settings, tmp_path)
     try:
         checkpoint = box.checkpoint(tmp_path / "ck")
@@ -609,3 +611,43 @@ def test_bad_requests_get_clear_errors(settings: Settings, tmp_path: Path) -> No
         with pytest.raises(SandboxError, match="is killed, not running"):
             box.checkpoint(tmp_path / "ck")
     assert list((settings.home / "sandboxes").iterdir()) == []
+
+
+MAPS_A_FILE = """
+import mmap, sys, time
+with open(sys.argv[1], "rb") as f:
+    mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+print("mapped", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_restore_over_other_host_files_than_the_checkpoint_had_is_refused(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # A file of the base root the process maps, as a library or a venv's extension would be.
+    mapped = tmp_path / "mapped.bin"
+    mapped.write_bytes(b"x" * 8192)
+    cmd = ["python3", "-c", MAPS_A_FILE, str(mapped)]
+    box = Sandbox.launch(cmd, share=[tmp_path], settings=settings)
+    try:
+        assert wait_for(lambda: "mapped" in box.stdout_path.read_text())
+        checkpoint = box.checkpoint(tmp_path / "ck")
+    finally:
+        box.teardown()
+    recorded = json.loads((checkpoint.directory / "base-root.json").read_text())
+    assert recorded["files"][str(mapped)]["size"] == 8192
+
+    was = mapped.stat().st_mtime_ns
+    mapped.write_bytes(b"y" * 12288)  # a deploy changed it
+    for make in (Sandbox.restore, Sandbox.fork):
+        with pytest.raises(CheckpointBaseRootError, match=f"{mapped} was 8192 bytes") as err:
+            make(checkpoint, settings=settings)
+        assert err.value.path == str(mapped) and "here it is 12288 bytes" in err.value.message
+        assert err.value.for_snapshot("r-1.s2.abc").message.startswith("snapshot r-1.s2.abc was")
+    assert list((settings.home / "sandboxes").iterdir()) == []  # CRIU was never asked
+
+    mapped.write_bytes(b"x" * 8192)  # the same file again: it comes back
+    os.utime(mapped, ns=(was, was))
+    with Sandbox.restore(checkpoint, settings=settings) as again:
+        assert again.state is SandboxState.RUNNING

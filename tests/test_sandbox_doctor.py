@@ -128,9 +128,32 @@ def test_sandbox_public_names_are_exactly_these() -> None:
         "MIN_CRIU_VERSION", "Checkpoint", "CheckpointBlockedError", "Criu", "CriuError",
         "CriuNotFoundError", "Orphan", "Sandbox", "SandboxError", "SandboxState", "find_criu",
         "find_orphans", "remove_orphans",
+        # For the rest of torpor: restoring from the store, processes, `torpor doctor`.
+        "PAGES_ELSEWHERE", "PageSource", "CheckpointBaseRootError", "base_root_record",
+        "write_base_root", "alive", "kill_tree", "process_start_time", "process_state",
+        "read_sandbox_meta", "tree_processes", "available_controllers", "fstype",
+        "has_sys_admin",
     }  # fmt: skip
     for name in torpor.sandbox.__all__:
         assert hasattr(torpor.sandbox, name), name
+
+
+def test_the_proc_reader_tells_a_stopped_a_running_and_a_gone_process() -> None:
+    from torpor.sandbox import alive, kill_tree, process_start_time, process_state
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        started = process_start_time(child.pid)
+        assert started is not None and alive(child.pid, started)
+        assert not alive(child.pid, started + 1)  # another process under a reused pid
+        os.kill(child.pid, signal.SIGSTOP)
+        assert wait_for(lambda: process_state(child.pid) == "T")
+        kill_tree(child.pid, started)
+        assert process_state(child.pid) == "Z" and process_start_time(child.pid) is None
+    finally:
+        child.kill()
+        child.wait()
+    assert process_state(child.pid) == "?" and not alive(child.pid, started)
 
 
 def test_doctor_finds_and_removes_a_stale_criu_cache_lock(

@@ -16,10 +16,16 @@ from urllib.parse import urlsplit
 
 from .._config import Settings, redact_url
 from .._errors import CriuNotFoundError, TorporError
-from ..sandbox import Criu, Sandbox, find_criu, find_orphans, remove_orphans
-from ..sandbox._cgroup import available_controllers
-from ..sandbox._criu import fstype
-from ..sandbox._host import has_sys_admin
+from ..sandbox import (
+    Criu,
+    Sandbox,
+    available_controllers,
+    find_criu,
+    find_orphans,
+    fstype,
+    has_sys_admin,
+    remove_orphans,
+)
 from ..store import SCHEMA_VERSION, open_store
 
 __all__ = ["doctor"]

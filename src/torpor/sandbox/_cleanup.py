@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._config import Settings
-from . import _host
+from . import _host, _proc
 from ._cgroup import remove_cgroups
 from ._records import read_sandbox_meta
 
@@ -47,11 +47,11 @@ def find_orphans(settings: Settings | None = None) -> list[Orphan]:
                 continue
             reason = "it has no sandbox.json"
             pid = None
-        elif _host.alive(meta.get("owner"), meta.get("owner_start")):
+        elif _proc.alive(meta.get("owner"), meta.get("owner_start")):
             continue
         else:
             reason = f"its owner, process {meta.get('owner')}, is gone"
-            alive = _host.alive(meta.get("pid"), meta.get("pid_start"))
+            alive = _proc.alive(meta.get("pid"), meta.get("pid_start"))
             pid = meta.get("pid") if alive else None
         found.append(
             Orphan(directory.name, directory, reason, pid, len(_host.mounts_under(directory)))
@@ -68,6 +68,6 @@ def remove_orphans(orphans: list[Orphan]) -> None:
     for orphan in orphans:
         meta = read_sandbox_meta(orphan.directory) or {}
         if meta.get("pid") is not None:
-            _host.kill_tree(meta["pid"], meta.get("pid_start"))
+            _proc.kill_tree(meta["pid"], meta.get("pid_start"))
         remove_cgroups([Path(g) for g in meta.get("cgroups", [])])
         _host.remove_directory(orphan.sandbox_id, orphan.directory)

@@ -15,7 +15,7 @@ from pathlib import Path
 from .._config import Settings
 from .._errors import CriuError, CriuNotFoundError
 
-__all__ = ["MIN_CRIU_VERSION", "Criu", "find_criu"]
+__all__ = ["MIN_CRIU_VERSION", "Criu", "find_criu", "fstype"]
 
 MIN_CRIU_VERSION = (4, 2)
 _MIN_TEXT = ".".join(map(str, MIN_CRIU_VERSION))

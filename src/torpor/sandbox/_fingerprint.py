@@ -22,6 +22,7 @@ from .._errors import BaseRootMismatchError, TorporError
 
 __all__ = [
     "BASE_ROOT_FILE",
+    "CheckpointBaseRootError",
     "base_root_record",
     "check_base_root",
     "write_base_root",
@@ -31,6 +32,21 @@ BASE_ROOT_FILE = "base-root.json"
 
 # Never the host's files, whatever the sandbox maps there.
 _OWN = ("/dev/", "/proc/", "/run/", "/sys/")
+
+
+class CheckpointBaseRootError(BaseRootMismatchError):
+    """A `BaseRootMismatchError` found by restoring a checkpoint, which it names by its
+    directory; ``was`` and ``now`` describe ``path`` there and here, so that a caller that
+    knows the checkpoint as a stored snapshot can say so (`for_snapshot`)."""
+
+    def __init__(self, checkpoint: str, path: str, was: str, now: str) -> None:
+        super().__init__(checkpoint, path, was, now)
+        self.was = was
+        self.now = now
+
+    def for_snapshot(self, snapshot: str) -> BaseRootMismatchError:
+        """The same mismatch, naming the snapshot the checkpoint was loaded from."""
+        return BaseRootMismatchError(snapshot, self.path, self.was, self.now)
 
 
 def _describe(stat: dict[str, Any]) -> str:
@@ -92,7 +108,7 @@ def write_base_root(directory: Path, record: dict[str, Any]) -> None:
 
 
 def check_base_root(directory: Path, base_root: str, snapshot: str) -> None:
-    """Raise `BaseRootMismatchError` if a file recorded by `record_base_root` in
+    """Raise `CheckpointBaseRootError` if a file recorded by `base_root_record` in
     ``directory`` differs in ``base_root`` here. A checkpoint without the record (made by
     an older version) is not checked."""
     try:
@@ -108,4 +124,4 @@ def check_base_root(directory: Path, base_root: str, snapshot: str) -> None:
         now = _stat(Path(base_root) / path.lstrip("/"))
         if now != was:
             here = "missing" if now is None else _describe(now)
-            raise BaseRootMismatchError(snapshot, path, _describe(was), here)
+            raise CheckpointBaseRootError(snapshot, path, _describe(was), here)

@@ -1,4 +1,4 @@
-"""Host-side primitives the sandbox stands on: mounts, process identity, directory trees."""
+"""Host-side primitives the sandbox stands on: privileges, mounts, directory trees."""
 
 from __future__ import annotations
 
@@ -7,27 +7,22 @@ import errno
 import os
 import re
 import shutil
-import signal
 import stat
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from .._errors import SandboxError
 
 __all__ = [
-    "alive",
     "become_subreaper",
     "copy_tree",
     "has_sys_admin",
-    "kill_tree",
     "mount",
     "mounts_under",
     "prepare_root_layer",
     "remove_directory",
     "require_privileges",
-    "start_time",
     "tree_bytes",
     "unmount_all",
 ]
@@ -137,38 +132,6 @@ def remove_directory(sandbox_id: str, directory: Path) -> None:
             f"unmount it (umount -l {left[0]}) and run `torpor doctor --cleanup`",
         )
     shutil.rmtree(directory, ignore_errors=True)
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks: with the pid, it names one process for good."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):  # exited; only its exit status is left
-        return None
-    return int(fields[19])
-
-
-def alive(pid: int | None, started: int | None) -> bool:
-    return pid is not None and started is not None and start_time(pid) == started
-
-
-def kill_tree(pid: int, started: int | None, timeout: float = 10.0) -> None:
-    """SIGKILL a sandbox's init (its whole pid namespace dies with it) and wait until gone.
-
-    A pid-namespace init ignores SIGTERM from outside, so SIGKILL it is.
-    """
-    if not alive(pid, started):
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while alive(pid, started) and time.monotonic() < deadline:
-        time.sleep(0.005)
 
 
 def become_subreaper() -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "CheckpointBlockedError",
     "blocker_from_log",
     "find_blockers",
+    "tree_processes",
 ]
 
 # CRIU keeps a deleted-but-open file's contents in the images only up to this size (its own

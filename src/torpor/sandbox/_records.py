@@ -1,7 +1,8 @@
 """The records a sandbox keeps on disk: ``checkpoint.json`` and ``sandbox.json``.
 
 A checkpoint directory holds ``images/`` (CRIU's), copies of ``upper/``, ``workspace/`` and
-``run/`` taken while the tree was frozen, ``dump.log`` and ``checkpoint.json``.
+``run/`` taken while the tree was frozen, ``dump.log``, ``checkpoint.json`` and
+``base-root.json`` (the host files its processes had mapped, see `_fingerprint.py`).
 """
 
 from __future__ import annotations

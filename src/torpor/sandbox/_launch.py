@@ -1,0 +1,183 @@
+"""Launching a sandbox: an overlay root over the base root, cgroups, and `_init.py` as its
+pid 1 in new pid and mount namespaces, which starts the command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Self
+
+from .._config import Settings
+from .._errors import SandboxError
+from . import _host
+from ._cgroup import create_cgroups
+from ._core import SandboxCore, new_directory, new_id
+
+__all__ = ["Launching"]
+
+_INIT = Path(__file__).with_name("_init.py")
+_READY_TIMEOUT = 30.0
+_BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+}
+
+
+class Launching(SandboxCore):
+    """`Sandbox.launch`: a new sandbox running a command."""
+
+    @classmethod
+    def launch(
+        cls,
+        cmd: Sequence[str],
+        *,
+        base_root: str | os.PathLike[str] = "/",
+        workspace: str | os.PathLike[str] | None = None,
+        network: bool = True,
+        env: Mapping[str, str] | None = None,
+        memory_limit: int | None = None,
+        pids_limit: int | None = None,
+        directory: str | os.PathLike[str] | None = None,
+        settings: Settings | None = None,
+        share: Sequence[str | os.PathLike[str]] = (),
+    ) -> Self:
+        """Start ``cmd`` in a new sandbox and return once it runs.
+
+        Args:
+            cmd: the command; it runs in ``/workspace`` as pid 2, stdin ``/dev/null``,
+                stdout and stderr to `stdout_path` and `stderr_path`.
+            base_root: the read-only lower layer of the root filesystem; it must hold a
+                ``python3`` (the sandbox's init is a small Python program).
+            workspace: a host directory to mount at ``/workspace`` (default: a new empty one
+                inside the sandbox directory).
+            network: share the host's network (True) or get a private loopback-only one.
+            env: variables on top of a minimal PATH/HOME/LANG; the host's environment
+                (API keys included) never enters the sandbox.
+            memory_limit: bytes, enforced by a cgroup. pids_limit: tasks, likewise.
+            directory: where the sandbox keeps its files (default
+                ``$TORPOR_HOME/sandboxes/<id>``); it must not exist yet.
+            share: host paths the command must read although they are under ``/tmp``,
+                which is otherwise private (e.g. a Python environment there).
+
+        Raises:
+            SandboxError: it could not start; the message says why and what to do.
+        """
+        settings = settings or Settings.from_env()
+        sandbox_id = new_id()
+        if not cmd:
+            raise SandboxError(sandbox_id, "no command given", "pass e.g. ['python3', 'agent.py']")
+        _host.require_privileges(sandbox_id)
+        started = time.perf_counter()
+        box = cls(sandbox_id, new_directory(sandbox_id, directory, settings), settings)
+        base = Path(base_root).resolve()
+        own_workspace = workspace is None
+        ws = box.directory / "workspace" if own_workspace else Path(workspace).resolve()  # type: ignore[arg-type]
+        box._meta = {
+            "cmd": list(cmd),
+            "base_root": str(base),
+            "network": network,
+            "memory_limit": memory_limit,
+            "pids_limit": pids_limit,
+            "workspace": str(ws),
+        }
+        try:
+            box._save()
+            if not ws.is_dir():
+                if not own_workspace:
+                    raise SandboxError(sandbox_id, f"workspace {ws} is no directory", "create it")
+                ws.mkdir()
+            (box.directory / "upper").mkdir()
+            _host.prepare_root_layer(box.directory / "upper", base, _kept_tmp(base, share))
+            (box.directory / "run").mkdir()
+            for output in (box.stdout_path, box.stderr_path):
+                output.touch()  # readable from the start; the command appends
+            box._mount_root(base)
+            box._cgroups = create_cgroups(sandbox_id, box._incarnation, memory_limit, pids_limit)
+            box._save()
+            box._start(base, ws, network, {**_BASE_ENV, **(env or {})})
+        except BaseException:
+            box.teardown()
+            raise
+        box.timings["launch"] = time.perf_counter() - started
+        return box
+
+    def _start(self, base: Path, workspace: Path, network: bool, env: dict[str, str]) -> None:
+        unshare = shutil.which("unshare")
+        if unshare is None:
+            raise SandboxError(self.id, "`unshare` is not on PATH", "install util-linux")
+        config = {
+            "root": str(self.directory / "merged"),
+            "workspace": str(workspace),
+            "run_dir": str(self.directory / "run"),
+            "network": network,
+            "cgroups": [str(g / "cgroup.procs") for g in self._cgroups],
+            "python": _sandbox_python(self.id, base),
+            "cmd": self._meta["cmd"],
+            "env": env,
+        }
+        args = [unshare, "--mount", "--pid", "--fork", "--propagation", "private"]
+        if not network:
+            args.append("--net")
+        init_log = self.directory / "run" / "init.log"
+        with open(init_log, "ab") as log:
+            self._popen = subprocess.Popen(
+                [*args, sys.executable, "-I", "-S", str(_INIT), json.dumps(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                close_fds=True,
+                start_new_session=True,
+                env=env,
+            )
+        ready = self.directory / "run" / "ready"
+        deadline = time.monotonic() + _READY_TIMEOUT
+        while not ready.exists():
+            code = self._popen.poll()
+            if code is not None or time.monotonic() > deadline:
+                what = "did not start in time" if code is None else f"ended with status {code}"
+                detail = init_log.read_text(errors="replace").strip()[-500:]
+                raise SandboxError(
+                    self.id, f"its init {what} before the command ran: {detail or 'no output'}",
+                    "check the command, base_root, and `torpor doctor`",
+                )  # fmt: skip
+            time.sleep(0.002)
+        # The init's own word for its host pid: it may be gone already (with a command that
+        # ended at once), and then poll() finds the status it recorded.
+        pid, started = ready.read_text().split()
+        self._pid, self._started = int(pid), int(started)
+        self._save()
+
+
+def _sandbox_python(sandbox_id: str, base: Path) -> str:
+    for candidate in (
+        "/usr/bin/python3",
+        "/usr/local/bin/python3",
+        os.path.realpath(sys.executable),
+    ):
+        if os.access(base / candidate.lstrip("/"), os.X_OK):
+            return candidate
+    raise SandboxError(
+        sandbox_id, f"base root {base} has no python3 in /usr/bin or /usr/local/bin",
+        "the sandbox's init runs on Python: install python3 in the base root",
+    )  # fmt: skip
+
+
+def _kept_tmp(base: Path, share: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The entries of the base's ``/tmp`` that shared paths lie under."""
+    tmp = (base / "tmp").resolve()
+    kept = []
+    for path in share:
+        try:
+            relative = Path(path).resolve().relative_to(tmp)
+        except ValueError:
+            continue
+        if relative.parts:
+            kept.append(relative.parts[0])
+    return kept
