@@ -20,8 +20,10 @@ import pytest
 import _criu_fixtures
 from _criu_fixtures import wait_for
 from torpor import Road, Settings
+from torpor.runtime.snapshot_road._restore import restore
 from torpor.sandbox import Checkpoint, Criu, CriuError, Sandbox, SandboxError
-from torpor.snapshots import LocalBlobStore, SnapshotStore, restore
+from torpor.snapshots import LocalBlobStore, SnapshotStore
+from torpor.snapshots._load import read_manifest
 from torpor.store import open_store
 
 pytestmark = pytest.mark.criu
@@ -161,10 +163,10 @@ def test_a_damaged_page_chunk_kills_the_lazily_restored_tree(
 ) -> None:
     snaps, blobs = stored.snaps, stored.blobs
     record = snaps.get(stored.snapshot_id)
-    _, refs, entries, indexes = snaps._read_manifest(record)
+    chunks, entries, indexes = read_manifest(snaps.blobs, snaps.codec, record)
     biggest = max((e for e in entries if e.path.startswith("images/pages-")), key=lambda e: e.size)
     middle = indexes[biggest.path][len(biggest.spans) // 2]  # inside the 200 MB bytearray
-    chunk = refs[middle].hex()
+    chunk = chunks.refs[middle].hex()
     path = blobs.root / "chunks" / chunk[:2] / chunk
     original = path.read_bytes()
     path.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))

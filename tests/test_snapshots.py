@@ -13,14 +13,12 @@ import os
 import random
 import shutil
 import signal
-import socket
 import stat
 import struct
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,41 +147,22 @@ def stored_chunk_keys(blobs: BlobStore) -> set[str]:
 # -- an S3-compatible server on loopback ---------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """moto's standalone S3 server, a real HTTP server on 127.0.0.1, for the session."""
-    server = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    if not os.path.exists(server):
-        pytest.fail("moto_server is not installed: pip install 'moto[server]'")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [server, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("moto_server did not start")
-            time.sleep(0.1)
+    """moto's S3 server, a real HTTP server on 127.0.0.1, for the session. In a thread of
+    this process rather than a subprocess: the s3 tests start it on demand, and a subprocess
+    started by one test and outliving it is what the process guard fails a test for."""
     try:
-        yield endpoint
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        pytest.fail("moto's server is not installed: pip install 'moto[server]'")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
 
 
 @pytest.fixture

@@ -5,11 +5,15 @@ each chunk is hashed (blake3), compressed (zstd), optionally encrypted (AES-256-
 written only if not already stored, in a local directory or an S3 bucket. A manifest lists a
 snapshot's chunks; the snapshot is listed in the store only once all of it is durable. Every
 chunk is verified on load. See docs/snapshots.md.
+
+Restoring a sandbox from a snapshot is the runtime's (`torpor.runtime.snapshot_road`): the
+store loads checkpoints and serves a lazy restore's pages, and knows no `Sandbox`.
 """
 
 from __future__ import annotations
 
-from ._blobs import BlobInfo, BlobStore, LocalBlobStore, open_blob_store
+from ._blob_url import open_blob_store
+from ._blobs import BlobInfo, BlobStore, LocalBlobStore
 from ._codec import SnapshotKey
 from ._errors import (
     BlobStoreError,
@@ -19,7 +23,7 @@ from ._errors import (
     SnapshotNotFoundError,
 )
 from ._gc import GcReport
-from ._restore import Restored, default_restore_root, restore, restore_latest
+from ._load import default_restore_root
 from ._s3 import S3BlobStore
 from ._store import DEFAULT_KEEP_LAST, Loaded, SnapshotId, SnapshotStore, default_page_window
 from ._table import format_snapshots
@@ -32,7 +36,6 @@ __all__ = [
     "GcReport",
     "Loaded",
     "LocalBlobStore",
-    "Restored",
     "S3BlobStore",
     "SnapshotCorruptError",
     "SnapshotError",
@@ -45,6 +48,4 @@ __all__ = [
     "default_restore_root",
     "format_snapshots",
     "open_blob_store",
-    "restore",
-    "restore_latest",
 ]

@@ -16,11 +16,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from ._errors import BlobStoreError
 
-__all__ = ["BlobInfo", "BlobStore", "LocalBlobStore", "open_blob_store"]
+__all__ = ["BlobInfo", "BlobStore", "LocalBlobStore"]
 
 
 @dataclass(frozen=True)
@@ -184,32 +183,3 @@ def _fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def open_blob_store(url: str) -> BlobStore:
-    """The blob store a URL names: ``file:///path`` (or a plain path) or ``s3://bucket/prefix``.
-
-    For S3 the endpoint, credentials and region come from the usual variables
-    (``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``,
-    ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``/``AWS_DEFAULT_REGION``, profiles).
-
-    Raises:
-        BlobStoreError: the URL has an unknown scheme, or the store cannot be opened.
-    """
-    parts = urlsplit(url)
-    if parts.scheme in ("", "file"):
-        path = unquote(parts.path) if parts.scheme else url
-        if parts.netloc and parts.netloc != "localhost":
-            raise BlobStoreError(
-                url, "a file URL must name a local path", "write file:///absolute/path"
-            )
-        return LocalBlobStore(path)
-    if parts.scheme == "s3":
-        from ._s3 import S3BlobStore
-
-        if not parts.netloc:
-            raise BlobStoreError(url, "no bucket in the URL", "write s3://bucket/prefix")
-        return S3BlobStore(parts.netloc, parts.path.strip("/"))
-    raise BlobStoreError(
-        url, f"unknown scheme {parts.scheme!r}", "use file:///path or s3://bucket/prefix"
-    )

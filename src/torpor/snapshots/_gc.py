@@ -8,14 +8,13 @@ crash, and the only coordination needed with concurrent saves is the marker prot
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from .._model import SnapshotRecord
+from ._blobs import BlobStore
 from ._manifest import manifest_id, read_header
 from ._markers import decode_marker, encode_marker, process_identity
-
-if TYPE_CHECKING:
-    from ._store import SnapshotStore
 
 __all__ = ["GcReport", "collect"]
 
@@ -35,9 +34,16 @@ class GcReport:
     broken_snapshots: list[str] = field(default_factory=list)
 
 
-def collect(snapshots: SnapshotStore, *, temp_age: float = 3600.0) -> GcReport:
-    """Delete every chunk and manifest that no listed or pending snapshot references."""
-    blobs = snapshots.blobs
+def collect(
+    blobs: BlobStore,
+    listed: Callable[[], Iterable[SnapshotRecord]],
+    *,
+    pending_ttl: float,
+    temp_age: float = 3600.0,
+) -> GcReport:
+    """Delete every chunk and manifest in ``blobs`` that no listed snapshot (``listed()``,
+    asked after the pending saves were read) or pending save younger than ``pending_ttl``
+    seconds references."""
     report = GcReport()
     marker = f"gc/{secrets.token_hex(8)}"
     blobs.put(marker, encode_marker(process_identity()), durable=True)
@@ -51,13 +57,13 @@ def collect(snapshots: SnapshotStore, *, temp_age: float = 3600.0) -> GcReport:
             pending = decode_marker(data) if data is not None else None
             if pending is None:
                 continue
-            if pending.stale(snapshots.pending_ttl):
+            if pending.stale(pending_ttl):
                 blobs.delete(info.key)
                 report.stale_pending += 1
                 continue
             live_chunks.update(pending.chunks)
             live_manifests.add(str(pending.fields.get("manifest")))
-        for record in snapshots.all_records():
+        for record in listed():
             report.live_snapshots += 1
             live_manifests.add(record.manifest)
             blob = blobs.get(f"manifests/{record.manifest}")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from ..sandbox import process_start_time
+
 __all__ = ["Marker", "decode_marker", "encode_marker", "process_identity"]
 
 
@@ -35,15 +37,6 @@ def _boot_id() -> str:
         return ""
 
 
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
 def process_identity() -> dict[str, Any]:
     """Who writes a marker: enough to tell later whether that process still lives."""
     pid = os.getpid()
@@ -51,7 +44,7 @@ def process_identity() -> dict[str, Any]:
         "host": socket.gethostname(),
         "boot": _boot_id(),
         "pid": pid,
-        "start": _start_time(pid),
+        "start": process_start_time(pid),
         "time": time.time(),
     }
 
@@ -70,7 +63,7 @@ class Marker:
             return True
         if f.get("host") == socket.gethostname() and f.get("boot") == _boot_id():
             pid = f.get("pid")
-            return not isinstance(pid, int) or _start_time(pid) != f.get("start")
+            return not isinstance(pid, int) or process_start_time(pid) != f.get("start")
         return False
 
 

@@ -6,6 +6,15 @@ anonymous memory); `StorePages` is then the sandbox's `PageSource`: asked for pa
 process, it finds them through the process's pagemap, fetches the chunks holding them,
 checks each against its hash (as `load` does) and returns the bytes. It fetches ahead in
 file order, which is the order of the daemon's background copy.
+
+Why the store implements the sandbox's public `torpor.sandbox.PageSource` (and writes its
+`PAGES_ELSEWHERE` mark) rather than expose a reader for the runtime to adapt: the store
+already speaks CRIU's image formats (it cuts page images by address and reads pagemaps), so
+the page source belongs beside that knowledge; the dependency runs one way, store to
+sandbox, through public names; and the load that leaves the holes is the one place that can
+mark them, so no caller of `load(lazy=True)` can hand a restore a checkpoint with zeroed
+memory. What the store does not know is how a sandbox is restored from it: that is the
+runtime's (`torpor.runtime.snapshot_road._restore`).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..sandbox import PageSource
 from ._pagemap import PAGE_SIZE, PageRun, read_pagemap
 from ._tree import Span
 
@@ -99,7 +109,7 @@ def pages_file(spans: list[Span], chunks: list[int], eager: list[Span]) -> _Page
     return _PagesFile.build(spans, chunks, eager)
 
 
-class StorePages:
+class StorePages(PageSource):
     """The sandbox `PageSource` of a lazily loaded snapshot (see the module docstring)."""
 
     def __init__(

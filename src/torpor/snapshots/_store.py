@@ -5,9 +5,9 @@ write a pending marker naming every chunk the snapshot will reference (`_markers
 chunks not already stored and the manifest, flush, and only then list the snapshot in the SQL
 store. A crash at any point leaves at most unlisted blobs, which `gc` removes later.
 
-Loading: read and verify the manifest, fetch each distinct chunk once, verify its hash, write
-it into a hidden directory beside the target and rename that into place when all is there:
-a failed load leaves nothing behind.
+Loading (`_load`): read and verify the manifest, fetch each distinct chunk once, verify its
+hash, write it into a hidden directory beside the target and rename that into place when all
+is there: a failed load leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -21,24 +21,22 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._config import Settings
 from .._errors import ConfigError, RunNotFoundError
 from .._model import SnapshotRecord
+from ..sandbox import Checkpoint, PageSource
 from ..store import Store
-from ._blobs import BlobStore, open_blob_store
-from ._codec import BlobCodec, DecodeError, SnapshotKey
-from ._errors import SnapshotCorruptError, SnapshotError, SnapshotKeyError, SnapshotNotFoundError
+from ._blob_url import open_blob_store
+from ._blobs import BlobStore
+from ._codec import BlobCodec, SnapshotKey
+from ._errors import SnapshotError, SnapshotNotFoundError
 from ._gc import GcReport, collect
-from ._manifest import encode_manifest, manifest_id, read_body, read_header
+from ._load import chunk_key, materialise, read_manifest
+from ._manifest import encode_manifest, manifest_id, read_header
 from ._markers import decode_marker, encode_marker, process_identity
-from ._pages import StorePages, lazy_ranges, pages_file
-from ._tree import Entry, Span, apply_metadata, create_node, scan
-
-if TYPE_CHECKING:
-    from ..sandbox import Checkpoint
-    from ..sandbox._lazy import PageSource
+from ._tree import Entry, Span, scan
 
 __all__ = ["DEFAULT_KEEP_LAST", "Loaded", "SnapshotId", "SnapshotStore", "default_page_window"]
 
@@ -78,8 +76,6 @@ class Loaded:
 
     def checkpoint(self) -> Checkpoint:
         """The directory as a sandbox `Checkpoint`, ready for `Sandbox.restore`."""
-        from ..sandbox import Checkpoint
-
         return Checkpoint.load(self.directory)
 
 
@@ -324,7 +320,7 @@ class SnapshotStore:
             written = stored = 0
             for i in batch:
                 cid = plan.refs[i]
-                key = _chunk_key(cid)
+                key = chunk_key(cid)
                 if self.blobs.exists(key):
                     continue
                 path, span = plan.sources[i]
@@ -404,12 +400,12 @@ class SnapshotStore:
         target = Path(into).absolute()
         if target.exists():
             raise SnapshotError(f"cannot load {record.id} into {target}: it already exists")
-        codec, refs, entries, indexes = self._read_manifest(record)
+        chunks, entries, indexes = read_manifest(self.blobs, self.codec, record)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.parent / f".{target.name}.partial-{secrets.token_hex(4)}"
         pages = None
         try:
-            pages = self._materialise(record.id, codec, refs, entries, indexes, partial, lazy)
+            pages = materialise(chunks, entries, indexes, partial, lazy)
             os.rename(partial, target)
         except BaseException:
             if pages is not None:
@@ -421,175 +417,9 @@ class SnapshotStore:
             directory=target,
             fetch_ms=round((time.perf_counter() - started) * 1000, 3),
             raw_bytes=sum(e.size for e in entries),
-            chunks=len(refs),
+            chunks=len(chunks.refs),
             pages=pages,
         )
-
-    def _read_manifest(
-        self, record: SnapshotRecord
-    ) -> tuple[BlobCodec, list[bytes], list[Entry], dict[str, list[int]]]:
-        what = f"manifest {record.manifest}"
-        blob = self.blobs.get(f"manifests/{record.manifest}")
-        if blob is None:
-            raise SnapshotCorruptError(record.id, what, "is missing from the blob store")
-        if manifest_id(blob) != record.manifest:
-            raise SnapshotCorruptError(record.id, what, "does not match its hash")
-        try:
-            header = read_header(blob)
-        except ValueError as exc:
-            raise SnapshotCorruptError(record.id, what, f"is unreadable ({exc})") from None
-        key = self.codec.key
-        if header.encrypted:
-            if key is None:
-                raise SnapshotKeyError(record.id, "it is encrypted and no key is configured")
-            if header.fingerprint != key.fingerprint:
-                raise SnapshotKeyError(
-                    record.id,
-                    f"it was encrypted with the key whose fingerprint is "
-                    f"{header.fingerprint.hex()}, but the configured key's is "
-                    f"{key.fingerprint.hex()}",
-                )
-            codec = self.codec
-        else:  # saved without a key: plain ids, readable with or without one
-            codec = BlobCodec(None)
-        try:
-            body = read_body(codec, blob, header)
-        except (DecodeError, ValueError) as exc:
-            raise SnapshotCorruptError(record.id, what, f"is unreadable ({exc})") from None
-        entries, indexes = [], {}
-        for obj in body["entries"]:
-            entry, idx = Entry.from_json(obj)
-            entries.append(entry)
-            if entry.kind == "f":
-                indexes[entry.path] = idx
-        return codec, header.refs, entries, indexes
-
-    def _materialise(
-        self,
-        snapshot_id: str,
-        codec: BlobCodec,
-        refs: list[bytes],
-        entries: list[Entry],
-        indexes: dict[str, list[int]],
-        root: Path,
-        lazy: bool = False,
-    ) -> StorePages | None:
-        places: dict[int, list[tuple[Path, int]]] = defaultdict(list)
-        deferred: dict[str, Entry] = {}  # page images of a lazy load: written after the rest
-        for entry in entries:
-            path = root / entry.path if entry.path != "." else root
-            if entry.kind == "d":
-                path.mkdir(mode=0o700)
-            elif entry.kind == "f":
-                with open(path, "wb") as f:
-                    f.truncate(entry.size)
-                if lazy and _is_page_image(entry.path):
-                    deferred[entry.path] = entry
-                    continue
-                for i, span in zip(indexes[entry.path], entry.spans, strict=True):
-                    places[i].append((path, span.offset))
-            else:
-                create_node(path, entry)
-        self._fetch_into(snapshot_id, codec, refs, places)
-        pages = None
-        if lazy:
-            pages = self._lazy_pages(snapshot_id, codec, refs, deferred, indexes, root)
-        as_root = os.geteuid() == 0
-        for entry in entries:  # files, links and nodes first; then directories, deepest first
-            if entry.kind != "d":
-                apply_metadata(root / entry.path, entry, as_root=as_root)
-        for entry in reversed(entries):
-            if entry.kind == "d":
-                apply_metadata(root / entry.path if entry.path != "." else root, entry,
-                               as_root=as_root)  # fmt: skip
-        return pages
-
-    def _lazy_pages(
-        self,
-        snapshot_id: str,
-        codec: BlobCodec,
-        refs: list[bytes],
-        deferred: dict[str, Entry],
-        indexes: dict[str, list[int]],
-        root: Path,
-    ) -> StorePages:
-        """Write the pages a lazy restore reads itself; the source of all the others."""
-        from ..sandbox._records import PAGES_ELSEWHERE
-
-        try:
-            runs, eager = lazy_ranges(root / "images", "images")
-        except (OSError, ValueError, IndexError) as exc:
-            raise SnapshotError(
-                f"snapshot {snapshot_id} cannot be restored lazily: its pagemaps do not parse "
-                f"({exc}); restore it without lazy"
-            ) from None
-        places: dict[int, list[tuple[Path, int]]] = defaultdict(list)
-        files = {}
-        for rel, entry in deferred.items():
-            layout = pages_file(entry.spans, indexes[rel], eager.get(rel, list(entry.spans)))
-            files[rel] = layout
-            for n, (i, span) in enumerate(zip(indexes[rel], entry.spans, strict=True)):
-                if layout.lazy[n] < span.length or rel not in eager:
-                    places[i].append((root / rel, span.offset))
-        self._fetch_into(snapshot_id, codec, refs, places)
-        (root / PAGES_ELSEWHERE).write_text(
-            f"The lazy pages of snapshot {snapshot_id} are holes here: they came from the "
-            "snapshot store during a lazy restore. Load the snapshot again to restore it.\n"
-        )
-        return StorePages(
-            runs,
-            files,
-            lambda i: self._fetch_chunk(snapshot_id, codec, refs[i]),
-            self.blobs.parallelism,
-        )
-
-    def _fetch_into(
-        self,
-        snapshot_id: str,
-        codec: BlobCodec,
-        refs: list[bytes],
-        places: dict[int, list[tuple[Path, int]]],
-    ) -> None:
-        """Fetch, verify and write each chunk to its places, in parallel: reading, zstd and
-        blake3 release the GIL. Each task opens a file once for all its chunks."""
-
-        def fetch(batch: list[int]) -> None:
-            fds: dict[Path, int] = {}
-            try:
-                for i in batch:
-                    data = self._fetch_chunk(snapshot_id, codec, refs[i])
-                    for path, offset in places[i]:
-                        fd = fds.get(path)
-                        if fd is None:
-                            fd = fds[path] = os.open(path, os.O_WRONLY)
-                        os.pwrite(fd, data, offset)
-            finally:
-                for fd in fds.values():
-                    os.close(fd)
-
-        order = sorted(places)
-        if not order:
-            return
-        size = max(1, len(order) // (self.blobs.parallelism * 4))
-        batches = [order[i : i + size] for i in range(0, len(order), size)]
-        with ThreadPoolExecutor(self.blobs.parallelism) as pool:
-            for _ in pool.map(fetch, batches):
-                pass
-
-    def _fetch_chunk(self, snapshot_id: str, codec: BlobCodec, cid: bytes) -> bytes:
-        name = cid.hex()
-        blob = self.blobs.get(_chunk_key(cid))
-        if blob is None:
-            raise SnapshotCorruptError(snapshot_id, name, "is missing from the blob store")
-        try:
-            data = codec.decode(blob, cid)
-        except DecodeError as exc:
-            if exc.reason == "key":
-                raise SnapshotKeyError(snapshot_id, f"chunk {name} {exc.detail}") from None
-            raise SnapshotCorruptError(snapshot_id, name, exc.detail) from None
-        if codec.chunk_id(data) != cid:
-            raise SnapshotCorruptError(snapshot_id, name, "does not match its hash")
-        return data
 
     # -- deleting -------------------------------------------------------------------------
 
@@ -637,7 +467,9 @@ class SnapshotStore:
         for it to end. ``temp_age``: also remove leftovers of interrupted blob writes older
         than this many seconds.
         """
-        return collect(self, temp_age=temp_age)
+        return collect(
+            self.blobs, self.all_records, pending_ttl=self.pending_ttl, temp_age=temp_age
+        )
 
     def __enter__(self) -> SnapshotStore:
         return self
@@ -652,16 +484,6 @@ class SnapshotStore:
                 yield from self.list_snapshots(run.id)
             except SnapshotNotFoundError:
                 continue
-
-
-def _is_page_image(path: str) -> bool:
-    parent, _, name = path.rpartition("/")
-    return parent == "images" and name.startswith("pages-") and name.endswith(".img")
-
-
-def _chunk_key(cid: bytes) -> str:
-    h = cid.hex()
-    return f"chunks/{h[:2]}/{h}"
 
 
 class _open:
