@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import enum
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from ._errors import TorporError
+
 __all__ = [
+    "RUN_TIMES",
     "Event",
     "LogEntry",
     "Road",
@@ -63,10 +67,6 @@ def from_iso(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def _from_iso_or_none(text: str | None) -> float | None:
-    return None if text is None else from_iso(text)
-
-
 @dataclass(frozen=True)
 class RunRecord:
     """One execution of a workflow function."""
@@ -94,55 +94,41 @@ class RunRecord:
     source: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """Stable field names for `--json` output and the HTTP API."""
-        return {
-            "id": self.id,
-            "workflow": self.workflow,
-            "road": self.road.value,
-            "status": self.status.value,
-            "attempt": self.attempt,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-            "queue": self.queue,
-            "priority": self.priority,
-            "parent_id": self.parent_id,
-            "forked_from": self.forked_from,
-            "input": self.input,
-            "output": self.output,
-            "error": self.error,
-            "log_length": self.last_seq,
-            "lease_owner": self.lease_owner,
-            "lease_expires_at": iso(self.lease_expires_at) if self.lease_expires_at else None,
-            "cancel_requested": self.cancel_requested,
-            "wake_at": iso(self.wake_at) if self.wake_at else None,
-        }
+        """The run as JSON, the one form it has outside Python (the HTTP API, ``--json``
+        output, the snapshot road's gateway): every field under its own name, enums as
+        their values, times as ISO 8601 UTC strings (to the millisecond)."""
+        data = {name: getattr(self, name) for name in _RUN_FIELDS}
+        data["road"] = self.road.value
+        data["status"] = self.status.value
+        for name in RUN_TIMES:
+            value = data[name]
+            data[name] = None if value is None else iso(value)
+        return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RunRecord:
-        """The record `to_json` describes (HTTP clients); ``epoch`` and ``source`` are not
-        part of that form and come back as 0 and None."""
-        return cls(
-            id=data["id"],
-            workflow=data["workflow"],
-            road=Road(data["road"]),
-            status=RunStatus(data["status"]),
-            input=data.get("input"),
-            output=data.get("output"),
-            error=data.get("error"),
-            attempt=int(data["attempt"]),
-            queue=data.get("queue", "default"),
-            priority=int(data.get("priority", 0)),
-            parent_id=data.get("parent_id"),
-            forked_from=data.get("forked_from"),
-            created_at=from_iso(data["created_at"]),
-            updated_at=from_iso(data["updated_at"]),
-            lease_owner=data.get("lease_owner"),
-            lease_expires_at=_from_iso_or_none(data.get("lease_expires_at")),
-            epoch=0,
-            last_seq=int(data.get("log_length", 0)),
-            cancel_requested=bool(data.get("cancel_requested", False)),
-            wake_at=_from_iso_or_none(data.get("wake_at")),
-        )
+    def from_json(cls, data: Mapping[str, Any]) -> RunRecord:
+        """The record `to_json` describes. Keys it does not know are ignored (a newer
+        torpor's); times may also be given as seconds since the epoch."""
+        missing = set(_RUN_FIELDS) - data.keys()
+        if missing:
+            raise TorporError(f"not a run's JSON form: it lacks {', '.join(sorted(missing))}")
+        values = {name: data[name] for name in _RUN_FIELDS}
+        values["road"] = Road(values["road"])
+        values["status"] = RunStatus(values["status"])
+        for name in RUN_TIMES:
+            values[name] = _time(values[name])
+        return cls(**values)
+
+
+_RUN_FIELDS = tuple(f.name for f in fields(RunRecord))  # in order: stable JSON output
+# The fields of a run that are times: seconds since the epoch, ISO strings in JSON.
+RUN_TIMES = ("created_at", "updated_at", "lease_expires_at", "wake_at")
+
+
+def _time(value: str | float | None) -> float | None:
+    if value is None or isinstance(value, int | float):
+        return value
+    return from_iso(value)
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,16 @@
 """Request and response bodies of the HTTP API, as pydantic models (they make the OpenAPI
-schema). Responses have exactly the fields of the records' ``to_json()``, the same as the
-CLI's ``--json`` output."""
+schema). Responses are the records' ``to_json()``, the CLI's ``--json`` output: a model here
+describes it (a run's is made from `RunRecord` itself)."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
-from .._model import Road, RunStatus
+from .._model import RUN_TIMES, Road, RunRecord
 
 __all__ = [
     "MAX_INT",
@@ -46,7 +48,11 @@ class StartRequest(_Strict):
         "or FILE:FUNC: a Python file on the server's machine and a function in it."
     )
     args: list[Any] = Field(default_factory=list, description="Positional arguments (JSON).")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments.")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments; none may be named like an option of `torpor.start` "
+        "(fn, road, detach, queue, priority, store): pass those in `args`.",
+    )
     road: Road = Road.REPLAY
     queue: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NAME_PATTERN)] = (
         "default"
@@ -76,26 +82,25 @@ class ForkRequest(_Strict):
     )
 
 
-class RunOut(BaseModel):
-    id: str
-    workflow: str
-    road: Road
-    status: RunStatus
-    attempt: int
-    created_at: str = Field(description="ISO 8601, UTC.")
-    updated_at: str
-    queue: str
-    priority: int
-    parent_id: str | None
-    forked_from: str | None
-    input: Any
-    output: Any
-    error: Any
-    log_length: int = Field(description="The seq of the log's last entry (0: empty).")
-    lease_owner: str | None
-    lease_expires_at: str | None
-    cancel_requested: bool
-    wake_at: str | None
+def _run_out() -> type[BaseModel]:
+    """`RunRecord.to_json()` as a model: the record's fields, its times as ISO strings."""
+    hints = typing.get_type_hints(RunRecord)
+    described = {
+        "created_at": "ISO 8601, UTC.",
+        "epoch": "Fencing epoch: each claim of the run by a worker raises it.",
+        "last_seq": "The seq of the log's last entry (0: empty).",
+        "source": "Where workers import the workflow's code from: module and/or file.",
+    }
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(RunRecord):
+        hint = hints[field.name]
+        if field.name in RUN_TIMES:
+            hint = str | None if type(None) in typing.get_args(hint) else str
+        fields[field.name] = (hint, Field(description=described.get(field.name)))
+    return create_model("RunOut", __doc__="A run.", **fields)
+
+
+RunOut = _run_out()
 
 
 class LogEntryOut(BaseModel):

@@ -119,7 +119,7 @@ export class RunView {
   setRun(run) {
     const before = this.run;
     this.run = run;
-    if (!this.following && (!before || !TERMINAL.has(run.status) || run.log_length > this.lastSeq)) {
+    if (!this.following && (!before || !TERMINAL.has(run.status) || run.last_seq > this.lastSeq)) {
       this.follow();
     }
     if (before && before.status !== run.status) {
@@ -144,7 +144,7 @@ export class RunView {
       ["attempt", String(run.attempt)],
       ["created", `${run.created_at} (${ago(run.created_at)})`],
       ["last activity", `${run.updated_at} (${ago(run.updated_at)})`],
-      ["log", `${run.log_length} entries`],
+      ["log", `${run.last_seq} entries`],
       ["queue", `${run.queue} · priority ${run.priority}`],
       run.lease_owner ? ["worker", run.lease_owner] : null,
       run.wake_at ? ["wakes at", run.wake_at] : null,

@@ -26,7 +26,7 @@ async function countTurns(run) {
 
 async function readTurns(run) {
   const known = turnCounts.get(run.id) || { seq: 0, turns: 0 };
-  if (run.log_length <= known.seq) return known.turns;
+  if (run.last_seq <= known.seq) return known.turns;
   let { seq, turns } = known;
   for (;;) {
     const entries = await api.log(run.id, seq, 1000);
@@ -184,7 +184,7 @@ export class RunsView {
     ]);
     cells.age.textContent = ago(run.created_at, now).replace(" ago", "");
     cells.age.title = run.created_at;
-    cells.log.textContent = String(run.log_length);
+    cells.log.textContent = String(run.last_seq);
     cells.updated.textContent = ago(run.updated_at, now);
     cells.updated.title = run.updated_at;
     row.updatedAt = parseTime(run.updated_at);
