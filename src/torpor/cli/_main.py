@@ -11,7 +11,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 import psycopg
@@ -25,10 +25,8 @@ from ..log import describe_entry
 from ..store import Store, open_store
 from . import _runs, _snapshots
 from ._doctor import doctor
+from ._runs import server_client
 from ._server import server
-
-if TYPE_CHECKING:
-    from ..client import Client
 
 __all__ = ["main"]
 
@@ -67,7 +65,8 @@ def _log_format_option() -> click.Option:
     "--url",
     envvar="TORPOR_URL",
     default=None,
-    help="Go through `torpor server` at this URL (ps, log, send, cancel) instead of the store.",
+    help="Go through `torpor server` at this URL (ps, log, send, cancel, fork) instead of "
+    "the store.",
 )
 @click.option("--token", envvar="TORPOR_API_TOKEN", default=None, help="The server's API token.")
 @click.pass_context
@@ -85,16 +84,6 @@ main.params.append(_log_format_option())
 
 def _open() -> Store:
     return open_store(settings=Settings.from_env())
-
-
-def _client() -> Client | None:
-    """A client of the server named by --url / TORPOR_URL, if any."""
-    obj = click.get_current_context().find_root().obj or {}
-    if not obj.get("url"):
-        return None
-    from ..client import Client  # imported only when used: httpx2 takes ~0.1 s to load
-
-    return Client(obj["url"], obj.get("token"))
 
 
 def _emit_json(value: Any) -> None:
@@ -138,7 +127,7 @@ def ps(show_all: bool, statuses: Sequence[str], limit: int | None, as_json: bool
         wanted = [RunStatus(s) for s in statuses]
     else:
         wanted = None if show_all else _ACTIVE
-    if (client := _client()) is not None:
+    if (client := server_client()) is not None:
         with client:
             runs = client.list_runs(statuses=wanted, limit=limit)
     else:
@@ -166,7 +155,7 @@ def ps(show_all: bool, statuses: Sequence[str], limit: int | None, as_json: bool
 @click.option("--json", "as_json", is_flag=True, help="JSON list (JSON lines with --follow).")
 def log(run_id: str, follow: bool, after: int, as_json: bool) -> None:
     """Print a run's context log."""
-    if (client := _client()) is not None:
+    if (client := server_client()) is not None:
         with client:
             if follow:
                 _print_log(client.follow(run_id, after=after), as_json, follow)
@@ -202,7 +191,7 @@ def _print_log(entries: Iterable[LogEntry], as_json: bool, follow: bool) -> None
 def send(run_id: str, event: str, payload: str) -> None:
     """Deliver EVENT with a JSON payload (or - to read it from stdin) to a run."""
     value = _parse_json_arg(payload, f"the payload of event {event!r}")
-    if (client := _client()) is not None:
+    if (client := server_client()) is not None:
         with client:
             sent = client.send(run_id, event, value)
     else:
@@ -215,7 +204,7 @@ def send(run_id: str, event: str, payload: str) -> None:
 @click.argument("run_id", metavar="RUN")
 def cancel(run_id: str) -> None:
     """Cancel a run (at once, or at its next step boundary if a worker is executing it)."""
-    if (client := _client()) is not None:
+    if (client := server_client()) is not None:
         with client:
             run = client.cancel(run_id)
     else:

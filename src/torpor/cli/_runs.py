@@ -2,48 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .. import runtime
 from .._config import Settings
-from .._errors import RunCancelledError, RunFailedError
+from .._errors import RunCancelledError, RunFailedError, WorkflowNotFoundError
 from .._logging import configure_logging
-from .._model import RunStatus
-from ..engine._registry import load_source, register_workflow
-from ..engine._steps import workflow_def
+from .._model import RunRecord, RunStatus
+from ..engine import load_source, load_workflow_ref
 from ..store import open_store
 
-__all__ = ["fork", "import_all", "resume", "run", "worker"]
+if TYPE_CHECKING:
+    from ..client import Client
+
+__all__ = ["fork", "import_all", "resume", "run", "server_client", "worker"]
 
 
 def _load_target(target: str) -> str:
-    """Import FILE and return the name of the workflow FUNC (registering a plain function)."""
-    file, _, func = target.rpartition(":")
-    if not file or not func:
+    """The name of the workflow FUNC in FILE (importing FILE)."""
+    if ":" not in target:  # a registered name: nothing is registered in `torpor run`
         raise click.UsageError(f"{target!r}: give the workflow as FILE:FUNC, e.g. agent.py:main")
-    path = Path(file).resolve()
-    if not path.is_file():
-        raise click.ClickException(f"{file}: no such file")
     try:
-        load_source({"file": str(path)})
-    except Exception as exc:
+        return load_workflow_ref(target).name
+    except WorkflowNotFoundError as exc:
+        # Its own message advises about workers; `torpor run` imports the file itself.
         raise click.ClickException(
-            f"importing {file} failed: {type(exc).__name__}: {exc}"
+            f"workflow {exc.workflow!r} cannot be loaded: {exc.reason}"
         ) from None
-    module = sys.modules[path.stem]
-    fn = getattr(module, func, None)
-    if not callable(fn):
-        found = sorted(n for n, v in vars(module).items() if workflow_def(v) is not None)
-        hint = f"; its workflows: {', '.join(found)}" if found else ""
-        raise click.ClickException(f"{file} has no function {func!r}{hint}")
-    wf = workflow_def(fn) or register_workflow(fn, None)
-    return wf.name
 
 
 def import_all(imports: tuple[str, ...]) -> None:
@@ -82,19 +74,25 @@ def _parse_args(args_json: str | None) -> tuple[list[Any], dict[str, Any]]:
 
 def _finish(handle: runtime.Run, as_json: bool) -> None:
     """Wait for a run started in this process and print its outcome."""
-    try:
+    with contextlib.suppress(RunFailedError, RunCancelledError):  # printed from the record
         handle.result()
-    except (RunFailedError, RunCancelledError) as exc:
+    _print_outcome(handle.record(), as_json)
+
+
+def _print_outcome(record: RunRecord, as_json: bool) -> None:
+    """An ended run's output, or its error (exit code 1)."""
+    if record.status is RunStatus.COMPLETED:
         if as_json:
-            record = handle.record()
-            click.echo(json.dumps(_summary(record.id, record.status, None, record.error)))
-            raise SystemExit(1) from None
-        raise click.ClickException(exc.message) from None
-    record = handle.record()
+            click.echo(json.dumps(_summary(record.id, record.status, record.output, None)))
+        else:
+            click.echo(json.dumps(record.output, ensure_ascii=False, indent=2))
+        return
     if as_json:
-        click.echo(json.dumps(_summary(record.id, record.status, record.output, None)))
-    else:
-        click.echo(json.dumps(record.output, ensure_ascii=False, indent=2))
+        click.echo(json.dumps(_summary(record.id, record.status, None, record.error)))
+        raise SystemExit(1)
+    if record.status is RunStatus.CANCELLED:
+        raise click.ClickException(RunCancelledError(record.id).message)
+    raise click.ClickException(RunFailedError(record.id, record.error).message)
 
 
 def _summary(run_id: str, status: RunStatus, output: Any, error: Any) -> dict[str, Any]:
@@ -206,7 +204,13 @@ def _parse_limits(items: tuple[str, ...]) -> dict[str, int]:
 @click.option("--detach", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 def fork(run_id: str, at: str | None, detach: bool, as_json: bool) -> None:
-    """Start a new run from a point of RUN's history (a call position or a snapshot)."""
+    """Start a new run from a point of RUN's history (a call position or a snapshot).
+
+    Through `torpor server` (--url), workers execute it: without --detach, wait for it."""
+    if (client := server_client()) is not None:
+        with client:
+            _fork_through(client, run_id, at, detach, as_json)
+        return
     sys.path.insert(0, os.getcwd())
     handle = runtime.fork(run_id, at, detach=detach)
     if detach:
@@ -214,6 +218,28 @@ def fork(run_id: str, at: str | None, detach: bool, as_json: bool) -> None:
         return
     click.echo(f"forked {run_id} as {handle.id}", err=True)
     _finish(handle, as_json)
+
+
+def _fork_through(client: Client, run_id: str, at: str | None, detach: bool, as_json: bool) -> None:
+    # --at is a call position (replay road) or a snapshot id (snapshot road).
+    child = client.fork(run_id, int(at) if at is not None and at.isdigit() else at)
+    if detach:
+        click.echo(child.id)
+        return
+    click.echo(f"forked {run_id} as {child.id}; waiting for a worker to execute it", err=True)
+    for _ in client.follow(child.id):  # ends when the run ends
+        pass
+    _print_outcome(client.get_run(child.id), as_json)
+
+
+def server_client() -> Client | None:
+    """A client of the server named by --url / TORPOR_URL, if any."""
+    obj = click.get_current_context().find_root().obj or {}
+    if not obj.get("url"):
+        return None
+    from ..client import Client  # imported only when used: httpx2 takes ~0.1 s to load
+
+    return Client(obj["url"], obj.get("token"))
 
 
 @click.command()

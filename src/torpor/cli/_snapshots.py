@@ -7,7 +7,7 @@ import json
 import click
 
 from .._config import Settings
-from ..runtime._snapshot_road import checkpoint_now
+from ..runtime import checkpoint_now
 from ..store import Store, open_store
 
 __all__ = ["snapshot", "snapshots"]

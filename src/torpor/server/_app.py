@@ -8,12 +8,11 @@ dashboard's session cookie (``/dashboard/``, see `_dashboard`).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
-import sys
 import threading
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Annotated, Any
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response, Security
 from fastapi import Path as PathParam
@@ -24,11 +23,8 @@ from fastapi.security import HTTPBearer
 from .. import __version__
 from .. import runtime as _runtime
 from .._errors import TorporError, WorkflowNotFoundError
-from .._model import Road, RunStatus, SnapshotRecord
-from ..engine._engine import encode_input
-from ..engine._registry import WorkflowDef, load_source, lookup_workflow, register_workflow
-from ..engine._steps import workflow_def
-from ..runtime._snapshot_road import checkpoint_now
+from .._model import LogEntry, Road, RunRecord, RunStatus
+from ..engine import load_workflow_ref
 from ..store import Store
 from ._auth import check_bearer
 from ._dashboard import SESSION_COOKIE, install_dashboard, require_session
@@ -48,16 +44,18 @@ from ._schemas import (
     StartRequest,
 )
 
-__all__ = ["CHECKPOINT", "create_app"]
+__all__ = ["create_app"]
 
-# `torpor snapshot` over HTTP: the snapshot road's "checkpoint this run now" (None answers 501).
-CHECKPOINT: Callable[[Store, str], SnapshotRecord] | None = checkpoint_now
+# Keyword arguments of a workflow that `start` would take for its own.
+_START_OPTIONS = frozenset(
+    name
+    for name, param in inspect.signature(_runtime.start).parameters.items()
+    if param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+)
 
 # Envelope room beyond the store's payload limit, so an oversized *payload* reaches the
 # store and gets its precise PayloadTooLargeError.
 _BODY_OVERHEAD = 64 * 1024
-
-_import_lock = threading.Lock()
 
 # One event of the log stream (before OpenAPI 3.2, an event stream's schema is per event).
 _SSE_EVENT = {
@@ -178,19 +176,37 @@ def create_app(store: Store, token: str, *, max_body_bytes: int | None = None) -
     @v1.post("/runs", response_model=RunOut, status_code=201, tags=["runs"])
     def start_run(body: StartRequest) -> Any:
         """Enqueue a run of a workflow; `torpor worker` processes execute it."""
-        wf = _resolve_workflow(body.workflow)
-        data = encode_input(tuple(body.args), body.kwargs)
-        run = store.create_run(
+        try:
+            wf = load_workflow_ref(body.workflow)
+        except WorkflowNotFoundError as exc:
+            # Its own message advises about workers; this one is the server's.
+            raise ApiError(
+                422,
+                "WorkflowNotFoundError",
+                f"workflow {exc.workflow!r} cannot be loaded: {exc.reason}",
+                workflow=exc.workflow,
+                reason=exc.reason,
+            ) from None
+        if clash := sorted(_START_OPTIONS & body.kwargs.keys()):
+            raise ApiError(
+                422,
+                "ValidationError",
+                f"kwargs {', '.join(map(repr, clash))}: these names are torpor.start's own "
+                "options; pass those arguments positionally, in 'args'",
+            )
+        run = _runtime.start(
             wf.name,
+            *body.args,
             road=body.road,
-            input=data,
+            detach=True,
+            store=store,
             queue=body.queue,
             priority=body.priority,
-            source=wf.source,
+            **body.kwargs,
         )
-        return run.to_json()
+        return run.record().to_json()
 
-    @v1.get("/runs", response_model=list[RunOut], tags=["runs"])
+    @v1.get("/runs", response_model=list[RunOut], tags=["runs"])  # type: ignore[valid-type]
     def list_runs(
         status: Annotated[list[RunStatus] | None, Query(description="Only these (repeat).")] = None,
         limit: Annotated[int | None, Query(ge=1, le=MAX_INT, description="Newest N.")] = None,
@@ -271,38 +287,26 @@ def create_app(store: Store, token: str, *, max_body_bytes: int | None = None) -
                     "call position with 'at'"
                 )
             at = body.snapshot
-        child = _runtime.fork(run_id, at, detach=True, store=store)
-        return store.get_run(child.id).to_json()
+        return _runtime.fork(run_id, at, detach=True, store=store).record().to_json()
 
     @v1.post("/runs/{run_id}/resume", response_model=RunOut, tags=["runs"])
     def resume_run(run_id: RunIdPath, body: ResumeRequest | None = None) -> Any:
         """Queue a failed or cancelled run again; recorded results are kept. With
         ``snapshot`` (snapshot road): roll the run back to that snapshot of its own."""
         snapshot = body.snapshot if body is not None else None
-        _runtime.resume(run_id, from_snapshot=snapshot, detach=True, store=store)
-        return store.get_run(run_id).to_json()
+        run = _runtime.resume(run_id, from_snapshot=snapshot, detach=True, store=store)
+        return run.record().to_json()
 
     @v1.get("/runs/{run_id}/snapshots", response_model=list[SnapshotOut], tags=["snapshots"])
     def list_snapshots(run_id: RunIdPath) -> Any:
         return [s.to_json() for s in store.list_snapshots(run_id)]
 
     @v1.post(
-        "/runs/{run_id}/snapshot",
-        response_model=SnapshotOut,
-        status_code=201,
-        tags=["snapshots"],
-        responses={501: {"model": ErrorOut, "description": "Not in this version."}},
+        "/runs/{run_id}/snapshot", response_model=SnapshotOut, status_code=201, tags=["snapshots"]
     )
     def checkpoint(run_id: RunIdPath) -> Any:
-        """Checkpoint a snapshot-road run now."""
-        store.get_run(run_id)
-        if CHECKPOINT is None:
-            raise ApiError(
-                501,
-                "NotImplemented",
-                "checkpointing over HTTP is not available in this version of torpor yet",
-            )
-        return CHECKPOINT(store, run_id).to_json()
+        """Checkpoint a running snapshot-road run now (waits up to 60 s for its worker)."""
+        return _runtime.checkpoint_now(store, run_id).to_json()
 
     app.include_router(v1)
     install_dashboard(app, token)
@@ -325,79 +329,94 @@ def _parse_json(body: bytes) -> Any:
         ) from None
 
 
-def _resolve_workflow(name: str) -> WorkflowDef:
-    """A registered workflow, or FILE:FUNC imported as `torpor run` does."""
-    file, sep, func = name.rpartition(":")
-    if not sep:
-        try:
-            return lookup_workflow(name)
-        except WorkflowNotFoundError:
-            raise _unloadable(
-                name,
-                "it is not registered in the server; give it as FILE:FUNC, or start the "
-                "server with --import MODULE_OR_FILE",
-            ) from None
-    if not file or not func:
-        raise _unloadable(name, "give the workflow as FILE:FUNC, e.g. agent.py:main")
-    path = Path(file).resolve()
-    if not path.is_file() or path.suffix != ".py":
-        raise _unloadable(name, f"{file} is not a Python file on the server's machine")
-    # Importing mutates sys.modules and sys.path: one import at a time.
-    with _import_lock:
-        try:
-            load_source({"file": str(path)})
-        except (Exception, SystemExit) as exc:
-            raise _unloadable(
-                name, f"importing {file} failed: {type(exc).__name__}: {exc}"
-            ) from None
-        module = sys.modules[path.stem]
-        fn = getattr(module, func, None)
-        if not callable(fn):
-            raise _unloadable(name, f"{file} has no function {func!r}")
-        return workflow_def(fn) or register_workflow(fn, None)
+# An idle log stream gets a comment line this often: proxies keep it open, and the server
+# notices a client that went away.
+_KEEP_ALIVE_S = 15.0
+# Entries read ahead of a slow client, at most.
+_READ_AHEAD = 1000
 
 
-def _unloadable(name: str, reason: str) -> ApiError:
-    # WorkflowNotFoundError's own message advises about workers; this one is the server's.
-    return ApiError(
-        422,
-        "WorkflowNotFoundError",
-        f"workflow {name!r} cannot be loaded: {reason}",
-        workflow=name,
-        reason=reason,
-    )
+class _ClientGone(Exception):
+    pass
+
+
+class _StreamView:
+    """The store as one log stream's `Store.follow` reads it.
+
+    Follow has no way to be told to stop, and between entries it blocks in its polling:
+    once the client has gone, the view's next read ends the follow instead, so its thread
+    outlives the stream by one poll (at most a second). The view also keeps the run as
+    follow last saw it, whose status the stream's ``end`` event reports.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.gone = threading.Event()
+        self.run: RunRecord | None = None
+
+    def get_run(self, run_id: str) -> RunRecord:
+        self._check()
+        self.run = self.store.get_run(run_id)
+        return self.run
+
+    def read(self, run_id: str, after: int = 0, limit: int | None = None) -> list[LogEntry]:
+        self._check()
+        return self.store.read(run_id, after=after, limit=limit)
+
+    def _check(self) -> None:
+        if self.gone.is_set():
+            raise _ClientGone
 
 
 async def _sse(store: Store, run_id: str, after: int) -> AsyncIterator[str]:
-    """Server-sent events of a run's log, polling the store as `Store.follow` does.
+    """Server-sent events of a run's log: `Store.follow` in a thread of its own (a stream
+    may last for days; it must not hold one of the pool's threads), its entries handed over
+    as they come."""
+    loop = asyncio.get_running_loop()
+    handed: asyncio.Queue[LogEntry | BaseException | None] = asyncio.Queue()
+    room = threading.Semaphore(_READ_AHEAD)
+    view = _StreamView(store)
 
-    Store reads run in threads; the waits between them are asyncio sleeps, so a client that
-    goes away cancels the stream at once instead of leaving a thread blocked in a poll.
-    """
-    delay, poll, quiet = 0.05, 0.05, 0.0
-    while True:
-        entries = await run_in_threadpool(store.read, run_id, after, 1000)
-        for entry in entries:
-            after = entry.seq
-            data = json.dumps(entry.to_json(), ensure_ascii=False)
-            yield f"id: {entry.seq}\nevent: entry\ndata: {data}\n\n"
-        if entries:
-            delay, quiet = poll, 0.0
-            continue
-        run = await run_in_threadpool(store.get_run, run_id)
-        if run.status.terminal:
-            # Entries may have landed between the read and the status check.
-            for entry in await run_in_threadpool(store.read, run_id, after):
-                after = entry.seq
-                data = json.dumps(entry.to_json(), ensure_ascii=False)
-                yield f"id: {entry.seq}\nevent: entry\ndata: {data}\n\n"
-            yield f"event: end\ndata: {json.dumps({'status': run.status.value})}\n\n"
+    def hand_over(item: LogEntry | BaseException | None) -> bool:
+        if view.gone.is_set():
+            return False
+        try:
+            loop.call_soon_threadsafe(handed.put_nowait, item)
+        except RuntimeError:  # the event loop has closed: the server stopped
+            return False
+        return True
+
+    def pump() -> None:
+        outcome: BaseException | None = None  # None: the run ended
+        try:
+            for entry in Store.follow(cast(Store, view), run_id, after, stop_when_final=True):
+                while not room.acquire(timeout=1.0):
+                    if view.gone.is_set():
+                        return
+                if not hand_over(entry):
+                    return
+        except _ClientGone:
             return
-        await asyncio.sleep(delay)
-        quiet += delay
-        delay = min(delay * 2, 1.0)
-        if quiet >= 15.0:
-            # A comment line keeps proxies from closing an idle stream and lets the server
-            # notice a client that went away.
-            quiet = 0.0
-            yield ": keep-alive\n\n"
+        except Exception as exc:  # the store failed: the stream ends with its error
+            outcome = exc
+        hand_over(outcome)
+
+    threading.Thread(target=pump, name=f"torpor-follow-{run_id}", daemon=True).start()
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(handed.get(), _KEEP_ALIVE_S)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            room.release()
+            data = json.dumps(item.to_json(), ensure_ascii=False)
+            yield f"id: {item.seq}\nevent: entry\ndata: {data}\n\n"
+    finally:
+        view.gone.set()
+    assert view.run is not None  # follow ends when it sees the run ended
+    yield f"event: end\ndata: {json.dumps({'status': view.run.status.value})}\n\n"

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from .. import __version__
 from .._model import RunStatus
-from ..store import SqlStore, Store
+from ..store import PostgresStore, SqlStore, Store
 
 __all__ = ["STEP_KINDS", "StoreMetrics"]
 
@@ -212,8 +212,6 @@ def _snapshot_rows(tx: Any) -> dict[str, Any]:
 
 
 def _database_bytes(store: SqlStore, tx: Any) -> int:
-    from ..store._postgres import PostgresStore
-
     if isinstance(store, PostgresStore):
         row = tx.execute(
             "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
