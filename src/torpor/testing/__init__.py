@@ -8,13 +8,21 @@ from ._model_server import (
     reply_tool_calls,
 )
 from ._postgres import TemporaryPostgres, find_postgres_bin
+from ._process_tree import process_tree, tree_rss_mb
+from ._wait import wait_until
+from ._workers import WorkerGroup, WorkerProcess
 
 __all__ = [
     "Script",
     "ScriptedModelServer",
     "ScriptedRequest",
     "TemporaryPostgres",
+    "WorkerGroup",
+    "WorkerProcess",
     "find_postgres_bin",
+    "process_tree",
     "reply_text",
     "reply_tool_calls",
+    "tree_rss_mb",
+    "wait_until",
 ]
