@@ -45,19 +45,23 @@ def criu() -> Iterator[Criu]:
             os.environ["TORPOR_CRIU"] = saved
 
 
-def _nested_pid_namespace_pids() -> set[int]:
-    """Processes living in a pid namespace below ours: sandboxed trees."""
+def _sandboxed_pids(under: Path) -> set[int]:
+    """Processes living in a pid namespace below ours whose root overlay is below ``under``:
+    the trees of one test's sandboxes, not those of other test runs on the same machine."""
     found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             status = Path(f"/proc/{entry}/status").read_text()
+            nested = any(
+                line.startswith("NSpid:") and len(line.split()) > 2 for line in status.splitlines()
+            )
+            # The overlay's options name its host directories, whatever the process's root.
+            if nested and f"upperdir={under}/" in Path(f"/proc/{entry}/mountinfo").read_text():
+                found.add(int(entry))
         except OSError:
             continue
-        for line in status.splitlines():
-            if line.startswith("NSpid:") and len(line.split()) > 2:
-                found.add(int(entry))
     return found
 
 
@@ -74,12 +78,11 @@ def _mounts_under(directory: Path) -> list[str]:
 def settings(criu: Criu, tmp_path: Path) -> Iterator[Settings]:
     """Settings whose TORPOR_HOME is a fresh directory; after the test, nothing the test's
     sandboxes made may still be mounted or running."""
-    before = _nested_pid_namespace_pids()
     home = tmp_path / "home"
     base = Settings.from_env()
     yield Settings(home=home, database_url=f"sqlite://{home / 'torpor.db'}", blob_url=base.blob_url)
-    wait_for(lambda: not (_nested_pid_namespace_pids() - before), timeout=5)
-    assert not (_nested_pid_namespace_pids() - before), "sandboxed processes left running"
+    wait_for(lambda: not _sandboxed_pids(tmp_path), timeout=5)
+    assert not _sandboxed_pids(tmp_path), "sandboxed processes left running"
     assert not _mounts_under(tmp_path), f"left mounted: {_mounts_under(tmp_path)}"
 
 

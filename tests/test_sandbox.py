@@ -247,7 +247,9 @@ def test_fork_gives_independent_copies(settings: Settings, tmp_path: Path) -> No
         # The root layer too: each fork wrote its name to /etc/agent-name in its own upper
         # layer; the original's upper layer and the checkpoint's copy never saw them.
         for box, name in [(first, "first"), (second, "second"), (original, "-")]:
-            assert (box.directory / "upper" / "etc" / "agent-name").read_text() == name
+            agent_name = box.directory / "upper" / "etc" / "agent-name"
+            # Written after the tick line that showed the name: it may lag under load.
+            assert wait_for(lambda p=agent_name, n=name: p.read_text() == n)
         assert (checkpoint.directory / "upper" / "etc" / "agent-name").read_text() == "-"
         assert not Path("/etc/agent-name").exists()
         # Each fork resumed from the checkpoint's memory, not from scratch.

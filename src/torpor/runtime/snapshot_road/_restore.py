@@ -1,9 +1,9 @@
 """A run's stored snapshot back to a running sandbox, falling back to older snapshots of the
 run when the newest is damaged.
 
-The glue between the two packages below: the snapshot store loads a snapshot's checkpoint
-(and, for a lazy restore, the `torpor.sandbox.PageSource` of its memory), the sandbox
-restores it; neither knows the other's part. Through public names only.
+The glue between the two packages below, through their public names: the snapshot store
+loads a snapshot's checkpoint (and, for a lazy restore, the `torpor.sandbox.PageSource` of
+its memory) and knows no `Sandbox`; the sandbox restores the checkpoint and knows no store.
 """
 
 from __future__ import annotations
