@@ -20,7 +20,7 @@ import pytest
 import _criu_fixtures
 from _criu_fixtures import wait_for
 from torpor import Road, Settings
-from torpor.runtime.snapshot_road._restore import restore
+from torpor.runtime.snapshot_road import restore
 from torpor.sandbox import Checkpoint, Criu, CriuError, Sandbox, SandboxError
 from torpor.snapshots import LocalBlobStore, SnapshotStore
 from torpor.snapshots._load import read_manifest

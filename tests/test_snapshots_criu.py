@@ -16,7 +16,7 @@ import _criu_fixtures
 from _criu_fixtures import wait_for
 from test_snapshots import stored_chunk_keys, tree_state
 from torpor import Road, Settings
-from torpor.runtime.snapshot_road._restore import restore_latest
+from torpor.runtime.snapshot_road import restore_latest
 from torpor.sandbox import Sandbox
 from torpor.snapshots import LocalBlobStore, SnapshotKey, SnapshotStore
 from torpor.snapshots._manifest import read_header

@@ -56,7 +56,7 @@ from ._steps import (
     workflow,
     workflow_def,
 )
-from ._store_journal import StoreJournal, end_run
+from ._store_journal import StoreJournal, create_child, end_run
 
 __all__ = [
     "ChildSpec",
@@ -73,6 +73,7 @@ __all__ = [
     "WorkflowDef",
     "attempt_with_retries",
     "checkpoint",
+    "create_child",
     "current",
     "decode_error",
     "encode_error",

@@ -19,7 +19,7 @@ from ._context import Parked
 from ._journal import ChildSpec, HostCall
 from ._steps import execute_host_call
 
-__all__ = ["StoreJournal", "end_run"]
+__all__ = ["StoreJournal", "create_child", "end_run"]
 
 log = logging.getLogger("torpor.worker")
 
@@ -83,14 +83,7 @@ class StoreJournal:
         return self.store.get_run(run_id)
 
     def start_child(self, child: ChildSpec) -> None:
-        try:
-            self.store.get_run(child.run_id)
-        except RunNotFoundError:
-            self.store.create_run(
-                child.workflow, road=child.road, input=child.input, queue=child.queue,
-                priority=child.priority, parent_id=self.run.id, run_id=child.run_id,
-                source=child.source,
-            )  # fmt: skip
+        create_child(self.store, self.run, child)
         self.spawn(child.run_id)
 
     def host_call(self, call: HostCall, before_attempt: Callable[[], None]) -> dict[str, Any]:
@@ -110,6 +103,23 @@ class StoreJournal:
                 self.run.id, self.run.epoch, status=RunStatus.QUEUED, release=True,
                 entry=("released", {}),
             )  # fmt: skip
+
+
+def create_child(store: Store, parent: RunRecord, child: ChildSpec) -> None:
+    """Create the child run unless it exists: a replay after a crash between creating the
+    child and recording it finds the same child. An existing run of that id that is not
+    this parent's child is refused (as not found)."""
+    try:
+        found = store.get_run(child.run_id)
+    except RunNotFoundError:
+        store.create_run(
+            child.workflow, road=child.road, input=child.input, queue=child.queue,
+            priority=child.priority, parent_id=parent.id, run_id=child.run_id,
+            source=child.source,
+        )  # fmt: skip
+        return
+    if found.parent_id != parent.id:
+        raise RunNotFoundError(child.run_id)
 
 
 def end_run(

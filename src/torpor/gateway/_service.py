@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from .._errors import FencedError, RunNotFoundError, StoreUnavailableError, TorporError
 from .._model import RunRecord, RunStatus
-from ..engine import HostCall, encode_error, end_run, execute_host_call
+from ..engine import ChildSpec, HostCall, create_child, encode_error, end_run, execute_host_call
 from ..log import recorded_since
 from ..store import Appended, Store
 from ._ops import (
@@ -187,14 +187,7 @@ class GatewayService:
         return Reply(self._child(op.run_id).to_json())
 
     def _start_child(self, op: StartChild, peer: int) -> Reply:
-        try:
-            self._child(op.run_id)
-        except RunNotFoundError:
-            self._store.create_run(
-                op.workflow, road=op.road, input=op.input, queue=op.queue,
-                priority=op.priority, parent_id=self._run.id, run_id=op.run_id,
-                source=op.source,
-            )  # fmt: skip
+        create_child(self._store, self._run, ChildSpec(**op.model_dump(exclude={"op"})))
         self.host.spawn(op.run_id)
         return Reply(None)
 

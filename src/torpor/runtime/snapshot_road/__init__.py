@@ -3,6 +3,14 @@ its state is checkpointed with CRIU (`_run`: supervision and the gateway's host 
 `_checkpoints`: checkpoints and suspends; `_restore`: bringing a snapshot back)."""
 
 from ._checkpoints import CHECKPOINT_EVENT, checkpoint_now
+from ._restore import Restored, restore, restore_latest
 from ._run import SnapshotRoadRun
 
-__all__ = ["CHECKPOINT_EVENT", "SnapshotRoadRun", "checkpoint_now"]
+__all__ = [
+    "CHECKPOINT_EVENT",
+    "Restored",
+    "SnapshotRoadRun",
+    "checkpoint_now",
+    "restore",
+    "restore_latest",
+]
