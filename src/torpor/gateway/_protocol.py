@@ -26,7 +26,8 @@ def write_message(sock: socket.socket, message: dict[str, Any]) -> None:
 
 
 def read_message(sock: socket.socket) -> dict[str, Any]:
-    """One line of JSON; ConnectionError if the peer went away before a whole line."""
+    """One line of JSON: a `ConnectionError` if the peer went away before a whole line (or
+    sent too much), a `ValueError` if the line is no JSON object."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -39,7 +40,10 @@ def read_message(sock: socket.socket) -> dict[str, Any]:
             break
         if size > MAX_MESSAGE:
             raise ConnectionError(f"a gateway message is over {MAX_MESSAGE} bytes")
-    message = json.loads(b"".join(chunks))
+    try:
+        message = json.loads(b"".join(chunks))
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
     if not isinstance(message, dict):
-        raise ConnectionError("a gateway message is not a JSON object")
+        raise ValueError("not a JSON object")
     return message

@@ -91,10 +91,11 @@ class GatewayServer:
             write_message(conn, reply)
         except ConnectionError as exc:  # a message cut short or too large: nothing to answer
             log.warning("gateway: %s", exc)
-        except ValueError as exc:  # not JSON: the sandbox's mistake, not the worker's
-            log.warning("gateway: a message is not JSON: %s", exc)
+        except ValueError as exc:  # no JSON object: the sandbox's mistake, not the worker's
+            log.warning("gateway: a message is %s", exc)
+            error = TorporError(f"bad gateway message: {exc}")
             with contextlib.suppress(OSError):
-                write_message(conn, {"error": encode_error(TorporError(f"not JSON: {exc}"))})
+                write_message(conn, {"error": encode_error(error)})
         except Exception as exc:
             log.warning("gateway call failed: %s", exc, exc_info=True)
             with contextlib.suppress(OSError):
