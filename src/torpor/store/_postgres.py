@@ -15,7 +15,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from .._config import DEFAULT_MAX_PAYLOAD_BYTES, redact_url
 from .._errors import StoreUnavailableError
 from ._base import Appended, encode_json
-from ._sql import Cursor, SqlStore, Tx, bump_last_seq
+from ._sql import SqlStore
+from ._sql_records import Cursor, Tx, bump_last_seq
 
 __all__ = ["PostgresStore"]
 

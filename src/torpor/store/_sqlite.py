@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .._config import DEFAULT_MAX_PAYLOAD_BYTES
 from .._errors import StoreUnavailableError, TorporError
-from ._sql import SqlStore, Tx
+from ._sql import SqlStore
+from ._sql_records import Tx
 
 __all__ = ["SQLiteStore", "sqlite_path"]
 
