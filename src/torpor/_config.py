@@ -1,4 +1,8 @@
-"""Settings read from the environment (DESIGN.md, "Configuration")."""
+"""Settings read from the environment (DESIGN.md, "Configuration").
+
+Every ``TORPOR_*`` setting is read and checked here, once: a bad value is a `ConfigError`
+naming the variable, what is wrong with it and what it accepts, before anything starts.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ._errors import ConfigError
 
-__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "Settings", "redact_url"]
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "DEFAULT_SNAPSHOT_KEEP", "Settings", "redact_url"]
 
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+DEFAULT_SNAPSHOT_KEEP = 5
 
 
 @dataclass(frozen=True)
@@ -30,9 +35,22 @@ class Settings:
     checkpoint_policy: str = "wait"
     checkpoint_interval: float = 0.0
     suspend_after: float = 3.0
+    # The CRIU binary the user named (None: search the usual places, see `find_criu`).
+    criu: str | None = None
+    # Snapshots `SnapshotStore.prune` keeps per finished run.
+    snapshot_keep: int = DEFAULT_SNAPSHOT_KEEP
+    # How S3 requests name the bucket: `path` for servers without virtual-host style.
+    s3_addressing_style: str = "auto"
+    # Logs of `torpor worker` and `torpor server`: `text` for people, `json` lines.
+    log_format: str = "text"
 
     @classmethod
     def from_env(cls) -> Settings:
+        """The settings the ``TORPOR_*`` environment variables give.
+
+        Raises:
+            ConfigError: a variable holds a value it does not accept.
+        """
         home = (
             Path(os.environ.get("TORPOR_HOME") or Path.home() / ".torpor").expanduser().absolute()
         )
@@ -43,7 +61,9 @@ class Settings:
             home=home,
             database_url=database_url,
             blob_url=blob_url,
-            max_payload_bytes=_int_env("TORPOR_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES),
+            max_payload_bytes=_int_env(
+                "TORPOR_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES, "bytes"
+            ),
             sqlite_synchronous=_choice_env(
                 "TORPOR_SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL", "EXTRA")
             ),
@@ -51,19 +71,26 @@ class Settings:
             checkpoint_policy=policy,
             checkpoint_interval=interval,
             suspend_after=_float_env("TORPOR_SUSPEND_AFTER", 3.0, allow_zero=True),
+            criu=os.environ.get("TORPOR_CRIU") or None,
+            snapshot_keep=_int_env("TORPOR_SNAPSHOT_KEEP", DEFAULT_SNAPSHOT_KEEP, "snapshots"),
+            s3_addressing_style=_choice_env(
+                "TORPOR_S3_ADDRESSING_STYLE", "auto", ("auto", "path", "virtual")
+            ),
+            log_format=_choice_env("TORPOR_LOG_FORMAT", "text", ("text", "json")),
         )
 
 
-def _int_env(name: str, default: int) -> int:
+def _int_env(name: str, default: int, unit: str) -> int:
     raw = os.environ.get(name)
     if not raw:
         return default
+    accepted = f"use a whole number of {unit}, 1 or more (default {default})"
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number of bytes") from None
+        raise ConfigError(f"{name}={raw!r} is not a whole number; {accepted}") from None
     if value <= 0:
-        raise ConfigError(f"{name}={raw!r} must be positive")
+        raise ConfigError(f"{name}={raw!r} is too small; {accepted}")
     return value
 
 
@@ -71,36 +98,44 @@ def _float_env(name: str, default: float, *, allow_zero: bool = False) -> float:
     raw = os.environ.get(name)
     if not raw:
         return default
-    return _seconds(name, raw, allow_zero=allow_zero)
+    least = "0 or more" if allow_zero else "more than 0"
+    accepted = f"use a number of seconds, {least} (default {default:g})"
+    return _seconds(name, raw, raw, accepted, allow_zero=allow_zero)
 
 
-def _seconds(name: str, raw: str, *, allow_zero: bool = False) -> float:
+def _seconds(name: str, raw: str, number: str, accepted: str, *, allow_zero: bool = False) -> float:
+    """``number`` (a part of ``raw``, the variable's value) as seconds."""
     try:
-        value = float(raw)
+        value = float(number)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds; {accepted}") from None
     if value < 0 or (value == 0 and not allow_zero) or value != value:
-        raise ConfigError(f"{name}={raw!r} must be {'zero or ' if allow_zero else ''}positive")
+        raise ConfigError(f"{name}={raw!r} is out of range; {accepted}")
     return value
 
 
 def _checkpoint_policy() -> tuple[str, float]:
     name = "TORPOR_CHECKPOINT_POLICY"
     raw = (os.environ.get(name) or "wait").strip().lower()
+    accepted = "use 'wait' (default), 'step' or 'interval:SECONDS' with SECONDS more than 0"
     if raw in ("wait", "step"):
         return raw, 0.0
     if raw.startswith("interval:"):
-        return "interval", _seconds(name, raw.split(":", 1)[1])
-    raise ConfigError(f"{name}={raw!r}: use 'wait', 'step' or 'interval:SECONDS'")
+        return "interval", _seconds(name, raw, raw.split(":", 1)[1], accepted)
+    raise ConfigError(f"{name}={raw!r} is not a checkpoint policy; {accepted}")
 
 
 def _choice_env(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices``, whatever the case it is written in."""
     raw = os.environ.get(name)
     if not raw:
         return default
-    value = raw.upper()
-    if value not in choices:
-        raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+    by_folded = {choice.casefold(): choice for choice in choices}
+    value = by_folded.get(raw.strip().casefold())
+    if value is None:
+        raise ConfigError(
+            f"{name}={raw!r} is not one of its values; use {', '.join(choices)} (default {default})"
+        )
     return value
 
 

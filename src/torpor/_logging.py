@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from ._config import Settings
 from ._errors import ConfigError
 
 __all__ = ["LOG_FORMATS", "JsonFormatter", "configure_logging", "set_log_format"]
@@ -34,8 +34,10 @@ def set_log_format(value: str | None) -> None:
     _chosen = value
 
 
-def _resolve(value: str | None) -> str:
-    value = value or _chosen or os.environ.get("TORPOR_LOG_FORMAT") or "text"
+def _resolve(value: str | None, settings: Settings | None) -> str:
+    value = value or _chosen
+    if not value:
+        return (settings or Settings.from_env()).log_format
     value = value.lower()
     if value not in LOG_FORMATS:
         raise ConfigError(f"log format {value!r} is unknown; use one of {', '.join(LOG_FORMATS)}")
@@ -69,10 +71,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-def configure_logging(fmt: str | None = None, *, level: int = logging.INFO) -> str:
-    """Send the root logger's records to stderr in ``fmt`` (default: the chosen or
-    environment format, else text); returns the format used."""
-    fmt = _resolve(fmt)
+def configure_logging(
+    fmt: str | None = None, *, level: int = logging.INFO, settings: Settings | None = None
+) -> str:
+    """Send the root logger's records to stderr in ``fmt`` (default: the chosen format, else
+    ``settings.log_format``, from the environment without ``settings``); returns the format
+    used."""
+    fmt = _resolve(fmt, settings)
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -206,7 +206,7 @@ def _check_criu(report: _Report, settings: Settings) -> Criu | None:
         criu = find_criu(settings)
     except CriuNotFoundError as exc:
         fix = "run scripts/provision-criu, or set TORPOR_CRIU=/path/to/criu (4.2 or newer)"
-        configured = os.environ.get("TORPOR_CRIU") or (settings.home / "criu/bin/criu").exists()
+        configured = settings.criu or (settings.home / "criu/bin/criu").exists()
         if configured:  # the user chose a CRIU and it does not work: that is a failure
             report.bad("criu", exc.tried, fix)
         else:  # the replay road works without CRIU

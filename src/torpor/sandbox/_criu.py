@@ -193,8 +193,11 @@ def find_criu(settings: Settings | None = None) -> Criu:
     Raises:
         CriuNotFoundError: nothing usable was found; the message says what was tried.
     """
-    settings = settings or Settings.from_env()
-    explicit = os.environ.get("TORPOR_CRIU")
+    environment = Settings.from_env()
+    settings = settings or environment
+    # Settings made in code for another home (tests, benchmarks) name no CRIU; the one the
+    # environment names at the time of the search is still the machine's.
+    explicit = settings.criu or environment.criu
     if explicit:
         return _checked(explicit, "TORPOR_CRIU")
     provisioned = settings.home / "criu" / "bin" / "criu"

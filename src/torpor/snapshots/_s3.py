@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
+from .._config import Settings
 from ._blobs import BlobInfo, BlobStore
 from ._errors import BlobStoreError
 
@@ -18,12 +18,15 @@ class S3BlobStore(BlobStore):
 
     Endpoint, credentials and region come from boto3's usual sources (``AWS_ENDPOINT_URL``,
     ``AWS_ACCESS_KEY_ID``, ``AWS_REGION``, profiles, instance roles). Set
-    ``TORPOR_S3_ADDRESSING_STYLE=path`` for servers that do not serve virtual-host style.
+    ``TORPOR_S3_ADDRESSING_STYLE=path`` (or pass ``settings`` with that
+    ``s3_addressing_style``) for servers that do not serve virtual-host style.
     """
 
     parallelism = 16
 
-    def __init__(self, bucket: str, prefix: str = "", *, client: Any = None) -> None:
+    def __init__(
+        self, bucket: str, prefix: str = "", *, client: Any = None, settings: Settings | None = None
+    ) -> None:
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}"
@@ -35,7 +38,7 @@ class S3BlobStore(BlobStore):
                 raise BlobStoreError(
                     self.url, "boto3 is not installed", "pip install boto3"
                 ) from None
-            style = os.environ.get("TORPOR_S3_ADDRESSING_STYLE", "auto")
+            style = (settings or Settings.from_env()).s3_addressing_style
             config = Config(
                 max_pool_connections=self.parallelism * 2,
                 retries={"mode": "standard", "max_attempts": 5},

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._config import Settings
+from .._config import DEFAULT_SNAPSHOT_KEEP, Settings
 from .._errors import ConfigError, RunNotFoundError
 from .._model import SnapshotRecord
 from ..sandbox import Checkpoint, PageSource
@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_KEEP_LAST", "Loaded", "SnapshotId", "SnapshotStore", "defaul
 
 SnapshotId = str
 DEFAULT_FILE_CHUNK = 256 * 1024
-DEFAULT_KEEP_LAST = 5
+DEFAULT_KEEP_LAST = DEFAULT_SNAPSHOT_KEEP
 _BATCH = 8 << 20  # bytes of chunks per worker task
 
 
@@ -139,21 +139,15 @@ class SnapshotStore:
 
     @classmethod
     def from_settings(cls, store: Store, settings: Settings | None = None) -> SnapshotStore:
-        """The snapshot store configured by the environment: ``TORPOR_BLOB_URL``,
-        ``TORPOR_SNAPSHOT_KEY``/``TORPOR_SNAPSHOT_KEY_FILE`` and ``TORPOR_SNAPSHOT_KEEP``."""
+        """The snapshot store ``settings`` configure (default: the environment's):
+        ``TORPOR_BLOB_URL``, ``TORPOR_S3_ADDRESSING_STYLE``, ``TORPOR_SNAPSHOT_KEEP``, and
+        the key in ``TORPOR_SNAPSHOT_KEY``/``TORPOR_SNAPSHOT_KEY_FILE``."""
         settings = settings or Settings.from_env()
-        keep = os.environ.get("TORPOR_SNAPSHOT_KEEP", "")
-        try:
-            keep_last = int(keep) if keep else DEFAULT_KEEP_LAST
-        except ValueError:
-            raise ConfigError(f"TORPOR_SNAPSHOT_KEEP={keep!r} is not a whole number") from None
-        if keep_last < 1:
-            raise ConfigError(f"TORPOR_SNAPSHOT_KEEP={keep!r} must be at least 1")
         return cls(
             store,
-            open_blob_store(settings.blob_url),
+            open_blob_store(settings.blob_url, settings=settings),
             key=SnapshotKey.from_env(),
-            keep_last=keep_last,
+            keep_last=settings.snapshot_keep,
         )
 
     def _window(self, pages_bytes: int) -> int:
