@@ -103,12 +103,16 @@ class RunRecord:
         for name in RUN_TIMES:
             value = data[name]
             data[name] = None if value is None else iso(value)
+        data["log_length"] = self.last_seq  # its name in torpor 0.1's JSON, kept for clients
         return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunRecord:
         """The record `to_json` describes. Keys it does not know are ignored (a newer
         torpor's); times may also be given as seconds since the epoch."""
+        if "last_seq" not in data and "log_length" in data:  # from a torpor 0.1 server
+            data = {**data, "last_seq": data["log_length"], "epoch": data.get("epoch", 0),
+                    "source": data.get("source")}  # fmt: skip
         missing = set(_RUN_FIELDS) - data.keys()
         if missing:
             raise TorporError(f"not a run's JSON form: it lacks {', '.join(sorted(missing))}")

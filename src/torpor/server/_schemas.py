@@ -97,6 +97,7 @@ def _run_out() -> type[BaseModel]:
         if field.name in RUN_TIMES:
             hint = str | None if type(None) in typing.get_args(hint) else str
         fields[field.name] = (hint, Field(description=described.get(field.name)))
+    fields["log_length"] = (int, Field(description="The same as last_seq (its earlier name)."))
     return create_model("RunOut", __doc__="A run.", **fields)
 
 
