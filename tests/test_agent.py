@@ -3,10 +3,7 @@ model server, on SQLite and PostgreSQL; and an agent crashed with SIGKILL mid-ru
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,14 @@ from torpor.agent import ModelReply, ToolCall, Usage
 from torpor.agent._agent import Agent
 from torpor.agent._tools import Tool
 from torpor.store import Store
-from torpor.testing import ScriptedModelServer, ScriptedRequest, reply_text, reply_tool_calls
+from torpor.testing import (
+    ScriptedModelServer,
+    ScriptedRequest,
+    WorkerGroup,
+    reply_text,
+    reply_tool_calls,
+    wait_until,
+)
 
 sys.path.insert(0, str(Path(__file__).parent / "workflows"))
 from agent_tools import add, boom, slow_add
@@ -162,34 +166,18 @@ def test_agent_killed_mid_run_finishes_with_the_same_answer_and_no_repeated_call
     env = torpor_env(db_url, tmp_path / "home", OPENAI_API_KEY="k", ANTHROPIC_API_KEY="k",
                      TORPOR_TEST_CALLS=str(calls_file))  # fmt: skip
     ready = tmp_path / "ready"
-    worker_cmd = [sys.executable, "-m", "torpor", "worker", "--lease", "1.5"]
-    with ScriptedModelServer(_crash_script) as server:
+    with (
+        ScriptedModelServer(_crash_script) as server,
+        WorkerGroup("--lease", "1.5", env=env, logs=tmp_path / "logs") as workers,
+    ):
         agent = _agent(provider, server, tools=[slow_add])
         run = torpor.start(agent.run, "add up", detach=True)
-        first = subprocess.Popen(
-            worker_cmd,
-            env={**env, "TORPOR_TEST_HANG": "slow_add", "TORPOR_TEST_READY": str(ready)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 60
-            while not ready.exists():
-                assert time.monotonic() < deadline and first.poll() is None
-                time.sleep(0.05)
-            first.send_signal(signal.SIGKILL)
-            first.wait(timeout=30)
-            second = subprocess.Popen(
-                worker_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            try:
-                assert run.result(timeout=90) == expected
-            finally:
-                second.send_signal(signal.SIGTERM)
-                second.wait(timeout=30)
-        finally:
-            if first.poll() is None:
-                first.kill()
-                first.wait()
+        first = workers.start(TORPOR_TEST_HANG="slow_add", TORPOR_TEST_READY=str(ready))
+        wait_until(lambda: ready.exists() or first.poll() is not None, "the worker to hang")
+        assert first.poll() is None, first.log()
+        first.kill()
+        workers.start()
+        assert run.result(timeout=90) == expected
         requests = list(server.calls)
     record = store.get_run(run.id)
     assert record.status is RunStatus.COMPLETED and record.attempt == 2

@@ -7,33 +7,32 @@ Chromium or Playwright the browser tests skip, except under TORPOR_REQUIRE_BROWS
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
 import pytest
-import uvicorn
 
 import torpor
 from _criu_fixtures import criu  # noqa: F401 - the snapshot-road test needs CRIU
-from conftest import torpor_env
+from conftest import AUTH, TOKEN, Live, torpor_env
 from torpor import RunStatus
-from torpor.server import create_app
 from torpor.server._dashboard import SESSION_SECONDS, new_session
 from torpor.store import Store
-from torpor.testing import ScriptedModelServer, ScriptedRequest, reply_text, reply_tool_calls
+from torpor.testing import (
+    ScriptedModelServer,
+    ScriptedRequest,
+    WorkerGroup,
+    reply_text,
+    reply_tool_calls,
+    wait_until,
+)
 
 CHROMIUM = "/usr/bin/chromium"
-TOKEN = "tp_dashboard-test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 WORKFLOWS = Path(__file__).parent / "workflows"
 SNAP_FLOWS = WORKFLOWS / "snap_flows.py"
 BROWSER_ARGS = [
@@ -54,39 +53,6 @@ BROWSER_ARGS = [
 def db_url(tmp_path: Path) -> str:
     """SQLite only: the dashboard reads through the API, which is tested on both backends."""
     return f"sqlite://{tmp_path / 'torpor.db'}"
-
-
-class Live:
-    """`create_app` under uvicorn in a thread, on a free loopback port."""
-
-    def __init__(self, store: Store) -> None:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.sock = sock
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            create_app(store, TOKEN), log_config=None, access_log=False, lifespan="off",
-            timeout_graceful_shutdown=1, ws="none",
-        )  # fmt: skip
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]})
-        self.thread.start()
-        end = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < end and self.thread.is_alive(), "the server did not start"
-            time.sleep(0.01)
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
-
-
-@pytest.fixture
-def live(store: Store) -> Iterator[Live]:
-    server = Live(store)
-    yield server
-    server.close()
 
 
 def _browser_or_reason() -> str | None:
@@ -183,47 +149,12 @@ def page(browser: Any, live: Live, artifacts: Path) -> Iterator[Page]:
             opened.close()
 
 
-def _until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Workers:
-    """`torpor worker` subprocesses over the test's store; their output kept for failures."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *args: str) -> None:
-        log = Path(self.env["TORPOR_HOME"]) / f"worker-{len(self.procs)}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "wb") as out:
-            command = [sys.executable, "-m", "torpor", "worker", "--lease", "5", *args]
-            self.procs.append(subprocess.Popen(command, env=self.env, stdout=out, stderr=out))
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 @pytest.fixture
-def workers(db_url: str, tmp_path: Path) -> Iterator[Workers]:
-    w = Workers(torpor_env(db_url, tmp_path / "home", OPENAI_API_KEY="k"))
-    yield w
-    w.close()
+def workers(db_url: str, tmp_path: Path) -> Iterator[WorkerGroup]:
+    """`torpor worker` subprocesses over the test's store; their logs kept for failures."""
+    env = torpor_env(db_url, tmp_path / "home", OPENAI_API_KEY="k")
+    with WorkerGroup("--lease", "5", env=env, logs=tmp_path / "home") as group:
+        yield group
 
 
 # -- no token, no data ---------------------------------------------------------------------
@@ -328,16 +259,15 @@ def test_without_a_token_nothing_is_revealed(live: Live, store: Store) -> None:
     assert session
 
 
-def test_fork_names_a_snapshot_only_on_the_snapshot_road(live: Live, store: Store) -> None:
+def test_fork_names_a_snapshot_only_on_the_snapshot_road(http: httpx2.Client, store: Store) -> None:
     run = store.create_run("w")
-    with httpx2.Client(base_url=live.url, headers=AUTH, timeout=30) as http:
-        replay = http.post(f"/v1/runs/{run.id}/fork", json={"snapshot": "s-1"})
-        assert replay.status_code == 400 and "replay road" in replay.json()["error"]["message"]
-        both = http.post(f"/v1/runs/{run.id}/fork", json={"snapshot": "s-1", "at": 2})
-        assert both.status_code == 422 and "not both" in both.json()["error"]["message"]
-        snap = store.create_run("w", road=torpor.Road.SNAPSHOT)
-        none = http.post(f"/v1/runs/{snap.id}/fork", json={"snapshot": "s-1"})
-        assert none.status_code == 400 and "no snapshot" in none.json()["error"]["message"]
+    replay = http.post(f"/v1/runs/{run.id}/fork", json={"snapshot": "s-1"})
+    assert replay.status_code == 400 and "replay road" in replay.json()["error"]["message"]
+    both = http.post(f"/v1/runs/{run.id}/fork", json={"snapshot": "s-1", "at": 2})
+    assert both.status_code == 422 and "not both" in both.json()["error"]["message"]
+    snap = store.create_run("w", road=torpor.Road.SNAPSHOT)
+    none = http.post(f"/v1/runs/{snap.id}/fork", json={"snapshot": "s-1"})
+    assert none.status_code == 400 and "no snapshot" in none.json()["error"]["message"]
     assert [r.id for r in store.list_runs()] == [snap.id, run.id]  # nothing was made
 
 
@@ -383,6 +313,11 @@ def test_browser_shows_the_login_and_never_data_without_a_session(
 # -- the runs list and the actions of a run --------------------------------------------------
 
 
+def _listed(rows: Any) -> list[str | None]:
+    """The run ids of the runs list's rows, top to bottom."""
+    return [rows.nth(i).get_attribute("data-run") for i in range(rows.count())]
+
+
 def test_runs_list_filters_and_actions_are_confirmed_and_shown_live(
     page: Page, store: Store
 ) -> None:
@@ -393,20 +328,18 @@ def test_runs_list_filters_and_actions_are_confirmed_and_shown_live(
     page.open()
     page.login()
     rows = page.page.locator("#runs tbody tr")
-    _until(lambda: rows.count() == 3, "three runs listed")
+    wait_until(lambda: rows.count() == 3, "three runs listed")
     assert rows.nth(0).get_attribute("data-run") == ended.id  # newest first
     assert page.page.inner_text(f"tr[data-run='{snap.id}'] td:nth-child(3)") == "snapshot"
 
     page.page.select_option("#filter-status", "cancelled")
-    _until(lambda: [rows.nth(i).get_attribute("data-run") for i in range(rows.count())]
-           == [ended.id], "the status filter")  # fmt: skip
+    wait_until(lambda: _listed(rows) == [ended.id], "the status filter")
     assert "status=cancelled" in page.page.url
     page.page.select_option("#filter-status", "")
     page.page.select_option("#filter-road", "snapshot")
-    _until(lambda: [rows.nth(i).get_attribute("data-run") for i in range(rows.count())]
-           == [snap.id], "the road filter")  # fmt: skip
+    wait_until(lambda: _listed(rows) == [snap.id], "the road filter")
     page.page.select_option("#filter-road", "")
-    _until(lambda: rows.count() == 3, "no filter")
+    wait_until(lambda: rows.count() == 3, "no filter")
 
     # Live: a run made elsewhere shows up, a status change is reflected.
     late = store.create_run("flows.late")
@@ -473,7 +406,11 @@ def _agent_script(request: ScriptedRequest) -> torpor.agent.ModelReply:
 
 
 def test_agent_run_grows_live_is_answered_and_completes(
-    page: Page, store: Store, workers: Workers, live: Live, monkeypatch: pytest.MonkeyPatch
+    page: Page,
+    store: Store,
+    workers: WorkerGroup,
+    http: httpx2.Client,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sys.path.insert(0, str(WORKFLOWS))
     try:
@@ -485,12 +422,11 @@ def test_agent_run_grows_live_is_answered_and_completes(
         agent = torpor.Agent("openai:scripted", tools=[add, "ask_human"],
                              base_url=model.openai_base_url)  # fmt: skip
         # Started over the API as `torpor.start(agent.run, task, detach=True)` would.
-        with httpx2.Client(base_url=live.url, headers=AUTH, timeout=30) as http:
-            made = http.post(
-                "/v1/runs",
-                json={"workflow": "torpor.agent", "args": [agent.spec(), "Add, then ask me."]},
-            )
-            assert made.status_code == 201, made.text
+        made = http.post(
+            "/v1/runs",
+            json={"workflow": "torpor.agent", "args": [agent.spec(), "Add, then ask me."]},
+        )
+        assert made.status_code == 201, made.text
         run = store.get_run(made.json()["id"])
 
         page.open()
@@ -504,15 +440,19 @@ def test_agent_run_grows_live_is_answered_and_completes(
         entries = page.page.locator("#timeline .entry")
         seen: list[int] = []
         question = page.page.locator("#pending .question-text")
-        end = time.monotonic() + 60
-        while not question.is_visible():
-            assert time.monotonic() < end, f"no question; entries seen {seen}"
+
+        def asked() -> bool:
+            """Whether the question is shown; notes each new number of entries meanwhile."""
+            if question.is_visible():
+                return True
             count = entries.count()
             if not seen or count != seen[-1]:
                 seen.append(count)
                 if len(seen) == 3:
                     page.shot("agent-growing")
-            time.sleep(0.03)
+            return False
+
+        wait_until(asked, "the question", interval=0.03, explain=lambda: f"entries seen {seen}")
         # Entries appeared a few at a time while the page was open (the stream polls the
         # store with a backoff, so a few may land together), and none went away.
         assert seen[0] == 0 and len(seen) >= 3 and seen == sorted(seen), seen
@@ -573,12 +513,11 @@ def test_agent_run_grows_live_is_answered_and_completes(
 @pytest.mark.criu
 @pytest.mark.usefixtures("criu")  # skips without CRIU, or fails under TORPOR_REQUIRE_CRIU=1
 def test_checkpoint_and_fork_a_snapshot_road_run(
-    page: Page, store: Store, workers: Workers, live: Live
+    page: Page, store: Store, workers: WorkerGroup, http: httpx2.Client
 ) -> None:
-    with httpx2.Client(base_url=live.url, headers=AUTH, timeout=30) as http:
-        made = http.post("/v1/runs", json={"workflow": f"{SNAP_FLOWS}:long_step", "args": [6],
-                                           "road": "snapshot"})  # fmt: skip
-        assert made.status_code == 201, made.text
+    made = http.post("/v1/runs", json={"workflow": f"{SNAP_FLOWS}:long_step", "args": [6],
+                                       "road": "snapshot"})  # fmt: skip
+    assert made.status_code == 201, made.text
     parent = made.json()["id"]
     workers.start("--concurrency", "2")
     page.open(f"/dashboard/#/runs/{parent}")
@@ -616,12 +555,13 @@ def test_checkpoint_and_fork_a_snapshot_road_run(
     assert restored and restored[0].payload["restore_ms"] > 0
     page.page.wait_for_selector("#chart-recovery svg circle[data-kind='restored']")
     child_card = page.page.locator("#timeline .snapshot-card").first
-    _until(lambda: child_card.locator(".restore-times").inner_text() != "none yet",
-           "the restore time on the child's snapshot")  # fmt: skip
+    wait_until(lambda: child_card.locator(".restore-times").inner_text() != "none yet",
+               "the restore time on the child's snapshot")  # fmt: skip
     page.shot("fork-completed")
     done = store.get_run(child)
     assert done.status is RunStatus.COMPLETED and done.output == 2, done.error
-    parent_done = _until(lambda: (r := store.get_run(parent)).status.terminal and r, "the parent")
+    parent_done = wait_until(lambda: (r := store.get_run(parent)).status.terminal and r,
+                             "the parent")  # fmt: skip
     assert parent_done.status is RunStatus.COMPLETED and parent_done.output == 2
 
 

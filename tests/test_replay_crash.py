@@ -3,74 +3,33 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import torpor_env
-from torpor import RunStatus
+from conftest import Cli
+from torpor import RunRecord, RunStatus
 from torpor.store import open_store
+from torpor.testing import WorkerGroup, wait_until
 
 WORKFLOWS = Path(__file__).parent / "workflows"
 
 
-class Workers:
-    """Starts `torpor worker` processes against one database and cleans them up."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, **extra: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "torpor", "worker", "--lease", "1.5", "--park-after", "0.5"],
-            env={**self.env, **extra},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def cli(self, *args: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "torpor", *args],
-            env=self.env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip()
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=30)
-
-
 @pytest.fixture
-def workers(db_url: str, tmp_path: Path):
-    w = Workers(torpor_env(db_url, tmp_path / "home"))
-    yield w
-    w.close()
+def workers(cli: Cli, tmp_path: Path) -> Iterator[WorkerGroup]:
+    """Workers with the environment of ``cli``."""
+    args = ("--lease", "1.5", "--park-after", "0.5")
+    with WorkerGroup(*args, env=cli.env, logs=tmp_path / "logs") as group:
+        yield group
 
 
-def _wait_for(predicate, timeout: float = 60, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _wait_final(db_url: str, run_id: str, timeout: float = 60):
+def _wait_final(db_url: str, run_id: str, timeout: float = 60) -> RunRecord:
     with open_store(db_url) as store:
-        return _wait_for(
-            lambda: (r := store.get_run(run_id)).status.terminal and r, timeout, f"{run_id} to end"
+        return wait_until(
+            lambda: (r := store.get_run(run_id)).status.terminal and r,
+            f"{run_id} to end",
+            timeout=timeout,
         )
 
 
@@ -79,17 +38,16 @@ SCENARIOS = [f"before:{n}" for n in range(1, 6)] + [f"inside:{n}" for n in range
 
 @pytest.mark.parametrize("hang", SCENARIOS)
 def test_sigkilled_worker_run_completes_each_step_once(
-    workers: Workers, db_url: str, tmp_path: Path, hang: str
+    workers: WorkerGroup, cli: Cli, db_url: str, tmp_path: Path, hang: str
 ) -> None:
     lines = tmp_path / "lines.txt"
     ready = tmp_path / "ready"
     target = f"{WORKFLOWS / 'five_steps.py'}:five_steps"
-    run_id = workers.cli("run", target, json.dumps([str(lines)]), "--detach")
+    run_id = cli.ok("run", target, json.dumps([str(lines)]), "--detach")
 
     first = workers.start(TORPOR_TEST_HANG=hang, TORPOR_TEST_READY=str(ready))
-    _wait_for(ready.exists, what=f"the worker to reach {hang}")
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
+    wait_until(ready.exists, f"the worker to reach {hang}")
+    first.kill()
 
     workers.start()
     run = _wait_final(db_url, run_id)
@@ -117,14 +75,13 @@ def test_sigkilled_worker_run_completes_each_step_once(
 
 
 def test_durable_sleep_survives_a_worker_restart(
-    workers: Workers, db_url: str, tmp_path: Path
+    workers: WorkerGroup, cli: Cli, db_url: str, tmp_path: Path
 ) -> None:
-    run_id = workers.cli("run", f"{WORKFLOWS / 'waits.py'}:sleeper", "[3]", "--detach")
+    run_id = cli.ok("run", f"{WORKFLOWS / 'waits.py'}:sleeper", "[3]", "--detach")
     first = workers.start()
     with open_store(db_url) as store:
-        _wait_for(lambda: any(e.kind == "sleep" for e in store.read(run_id)), what="the sleep")
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
+        wait_until(lambda: any(e.kind == "sleep" for e in store.read(run_id)), "the sleep")
+    first.kill()
     workers.start()
     run = _wait_final(db_url, run_id)
     assert run.status is RunStatus.COMPLETED and run.output == "after"
@@ -140,21 +97,20 @@ def test_durable_sleep_survives_a_worker_restart(
 
 
 def test_event_sent_while_no_worker_runs_is_delivered_later(
-    workers: Workers, db_url: str, tmp_path: Path
+    workers: WorkerGroup, cli: Cli, db_url: str, tmp_path: Path
 ) -> None:
-    run_id = workers.cli("run", f"{WORKFLOWS / 'waits.py'}:approval", "--detach")
+    run_id = cli.ok("run", f"{WORKFLOWS / 'waits.py'}:approval", "--detach")
     first = workers.start()
     with open_store(db_url) as store:
         # The worker parks the waiting run (releases it) after 0.5 s.
-        _wait_for(
+        wait_until(
             lambda: (
                 (r := store.get_run(run_id)).status is RunStatus.WAITING and r.lease_owner is None
             ),
-            what="the run to park",
+            "the run to park",
         )
-    first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=30) == 0
-    assert "sent 'approval'" in workers.cli("send", run_id, "approval", '{"ok": true}')
+    assert first.stop(timeout=30) == 0, first.log()
+    assert "sent 'approval'" in cli.ok("send", run_id, "approval", '{"ok": true}')
     with open_store(db_url) as store:
         assert store.get_run(run_id).status is RunStatus.WAITING
     workers.start()

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -14,14 +13,14 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import torpor_env
+from conftest import AUTH, TOKEN, Live, torpor_env
 from torpor import (
     Client,
     PayloadTooLargeError,
@@ -32,67 +31,13 @@ from torpor import (
     TorporError,
 )
 from torpor._logging import JsonFormatter
-from torpor.server import create_app, load_or_create_token
+from torpor.server import load_or_create_token
 from torpor.store import Store, open_store
+from torpor.testing import WorkerProcess, wait_until
 
 WORKFLOWS = Path(__file__).parent / "workflows"
 APPROVAL = f"{WORKFLOWS / 'waits.py'}:approval"
-TOKEN = "tp_test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 JSON = {"Content-Type": "application/json"}
-
-
-class Live:
-    """A uvicorn server in a thread, on a free loopback port."""
-
-    def __init__(self, store: Store, **options: int) -> None:
-        self.app = create_app(store, TOKEN, **options)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.sock = sock
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            self.app, log_config=None, access_log=False, lifespan="off",
-            timeout_graceful_shutdown=2, ws="none",
-        )  # fmt: skip
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]})
-        self.thread.start()
-        end = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < end and self.thread.is_alive(), "the server did not start"
-            time.sleep(0.01)
-
-    def client(self, token: str | None = TOKEN) -> Client:
-        return Client(self.url, token)
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
-
-
-@pytest.fixture
-def live(store: Store) -> Iterator[Live]:
-    server = Live(store)
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def http(live: Live) -> Iterator[httpx2.Client]:
-    with httpx2.Client(base_url=live.url, headers=AUTH, timeout=30) as client:
-        yield client
-
-
-def _wait_for(predicate, timeout: float = 30, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _finish(store: Store, run_id: str, output: object = "done") -> None:
@@ -376,29 +321,18 @@ def test_run_started_over_http_is_executed_by_a_worker(
     live: Live, db_url: str, tmp_path: Path
 ) -> None:
     env = torpor_env(db_url, tmp_path / "home")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "torpor", "worker", "--lease", "5", "--park-after", "0.5"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
+    log = tmp_path / "worker.log"
+    with WorkerProcess("--lease", "5", "--park-after", "0.5", env=env, log=log) as worker:
         with live.client() as client:
             run = client.start(APPROVAL)
-            _wait_for(lambda: client.get_run(run.id).status is RunStatus.WAITING, what="the wait")
+            wait_until(lambda: client.get_run(run.id).status is RunStatus.WAITING, "the wait")
             client.send(run.id, "approval", {"ok": True})
             kinds = [entry.kind for entry in client.follow(run.id)]
             done = client.get_run(run.id)
         assert done.status is RunStatus.COMPLETED, done.error
         assert done.output == {"answer": {"ok": True}}
         assert "event" in kinds and kinds[0] == "step"
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-            assert worker.stderr is not None
-            worker.stderr.close()
+        assert worker.stop(timeout=30) == 0, worker.log()
 
 
 # -- the CLI through --url ---
@@ -475,10 +409,10 @@ def test_cli_fork_goes_through_the_server(live: Live, store: Store, tmp_path: Pa
     # Without --detach it waits for a worker (here: the test) to end the run.
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(_cli, remote, "fork", run_id, "--json")
-        forked = _wait_for(  # made, and its log copied ("forked" comes last)
+        forked = wait_until(  # made, and its log copied ("forked" comes last)
             lambda: [r for r in store.list_runs() if r.forked_from == run_id and r.id != child.id
                      and store.read(r.id)[-1:] and store.read(r.id)[-1].kind == "forked"],
-            what="the fork",
+            "the fork",
         )[0]  # fmt: skip
         _finish(store, forked.id, output={"ok": True})
         waited = waiting.result()
@@ -598,15 +532,35 @@ def test_schema_fuzzed_with_schemathesis(live: Live, store: Store) -> None:
 # -- torpor server, the command ---
 
 
-def test_server_command_prints_a_new_token_once_and_logs_json_lines(tmp_path: Path) -> None:
-    env = torpor_env(f"sqlite://{tmp_path / 'torpor.db'}", tmp_path / "home",
-                     TORPOR_LOG_FORMAT="json")  # fmt: skip
+@contextmanager
+def _server_command(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """`torpor server --port 0`, its stderr piped; killed and waited for if the block did not
+    end it."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "torpor", "server", "--port", "0"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert proc.stderr is not None
     try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+
+
+def _sigterm(proc: subprocess.Popen[str]) -> str:
+    """End the server as a service manager would; the rest of its stderr."""
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=30)[1]
+    assert proc.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    return rest
+
+
+def test_server_command_prints_a_new_token_once_and_logs_json_lines(tmp_path: Path) -> None:
+    env = torpor_env(f"sqlite://{tmp_path / 'torpor.db'}", tmp_path / "home",
+                     TORPOR_LOG_FORMAT="json")  # fmt: skip
+    with _server_command(env) as proc:
+        assert proc.stderr is not None
         first = proc.stderr.readline()
         url = re.search(r"http://127\.0\.0\.1:\d+", first)
         assert url is not None, first
@@ -615,29 +569,20 @@ def test_server_command_prints_a_new_token_once_and_logs_json_lines(tmp_path: Pa
         token = token_line.rsplit(" ", 1)[1].strip()
         assert (tmp_path / "home" / "api-token").read_text().strip() == token
         with Client(url.group(0), token) as client:
-            _wait_for(lambda: _healthy(client), what="the server")
+            wait_until(lambda: _healthy(client), "the server")
             assert client.list_runs() == []
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out = proc.communicate(timeout=30)[1]
-    assert proc.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+        out = _sigterm(proc)
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert any("GET /v1/runs" in line["message"] for line in lines)
     assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
 
-    again = subprocess.Popen(
-        [sys.executable, "-m", "torpor", "server", "--port", "0"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert again.stderr is not None
-    try:
+    with _server_command(env) as again:
+        assert again.stderr is not None
         again.stderr.readline()
         assert again.stderr.readline().strip() == (
             f"API token: from {tmp_path / 'home' / 'api-token'}"
         )
-    finally:
-        again.send_signal(signal.SIGTERM)
-        again.communicate(timeout=30)
+        _sigterm(again)
 
 
 def _healthy(client: Client) -> bool:

@@ -11,12 +11,10 @@ stopped past its lease, or stopped by a database outage) before recording it.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from torpor import RunStatus, Settings, StoreUnavailableError
 from torpor._model import Road, RunRecord
 from torpor.sandbox import Criu, find_orphans, remove_orphans
 from torpor.store import Store, open_store
-from torpor.testing import TemporaryPostgres
+from torpor.testing import TemporaryPostgres, WorkerGroup, WorkerProcess, wait_until
 
 FLOWS = Path(__file__).parent / "workflows" / "worker_flows.py"
 LEASE = 2.0
@@ -39,84 +37,29 @@ LEASE = 2.0
 # -- helpers ----------------------------------------------------------------------------
 
 
-class Workers:
-    """`torpor worker` processes against one database, each logging to its own file."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.procs: list[subprocess.Popen[bytes]] = []
-        logs.mkdir(parents=True, exist_ok=True)
-
-    def start(
-        self, *, concurrency: int = 4, park_after: float = 5.0, env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        log = self.logs / f"worker-{len(self.procs)}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "torpor", "worker", "--lease", str(LEASE),
-                 "--concurrency", str(concurrency), "--park-after", str(park_after)],
-                env={**self.env, **(env or {})},
-                stdout=out,
-                stderr=out,
-            )  # fmt: skip
-        proc.log = log  # type: ignore[attr-defined]
-        self.procs.append(proc)
-        return proc
-
-    @staticmethod
-    def log(proc: subprocess.Popen[bytes]) -> str:
-        return Path(proc.log).read_text(errors="replace")  # type: ignore[attr-defined]
-
-    def log_of_pid(self, pid: int) -> str:
-        return next((self.log(p) for p in self.procs if p.pid == pid), "")
-
-    def stop_all(self, timeout: float = 60) -> list[int | None]:
-        """SIGTERM every live worker and wait: their exit codes."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        codes: list[int | None] = []
-        for proc in self.procs:
-            try:
-                codes.append(proc.wait(timeout=timeout))
-            except subprocess.TimeoutExpired:
-                codes.append(None)
-        return codes
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)  # a stopped process cannot die until continued
-                proc.kill()
-            proc.wait(timeout=30)
-        # Sandboxes of killed workers outlive them; they would hold CPU and mounts.
-        home = Path(self.env["TORPOR_HOME"])
-        settings = Settings(
-            home=home, database_url=self.env["TORPOR_DATABASE_URL"], blob_url=f"file://{home}"
-        )
+@contextmanager
+def _workers(database: str, tmp_path: Path) -> Iterator[WorkerGroup]:
+    """Workers on ``database``, each logging to its own file under tmp_path/logs; at the
+    end, stopped and their sandboxes removed (a killed worker's outlive it and would hold
+    CPU and mounts)."""
+    home = tmp_path / "home"
+    env = torpor_env(database, home)
+    try:
+        with WorkerGroup("--lease", str(LEASE), "--concurrency", "4", env=env,
+                         logs=tmp_path / "logs") as group:  # fmt: skip
+            yield group
+    finally:
+        settings = Settings(home=home, database_url=database, blob_url=f"file://{home}")
         remove_orphans(find_orphans(settings))
 
 
-def _holds(proc: subprocess.Popen[bytes]) -> Callable[[RunRecord], bool]:
+def _log_of_pid(workers: WorkerGroup, pid: int) -> str:
+    return next((w.log() for w in workers if w.pid == pid), "")
+
+
+def _holds(proc: WorkerProcess) -> Callable[[RunRecord], bool]:
     """Whether a run is leased by this worker process (worker ids are w-HOST-PID-HEX)."""
     return lambda run: run.lease_owner is not None and f"-{proc.pid}-" in run.lease_owner
-
-
-def _until(
-    check: Callable[[], Any],
-    what: str,
-    timeout: float = 60,
-    explain: Callable[[], str] | None = None,
-) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    detail = f": {explain()}" if explain is not None else ""
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{detail}")
 
 
 def _unfinished(store: Store, ids: list[str]) -> str:
@@ -217,10 +160,9 @@ def database(postgres: TemporaryPostgres | str) -> str:
 
 
 @pytest.fixture
-def workers(database: str, tmp_path: Path) -> Iterator[Workers]:
-    w = Workers(torpor_env(database, tmp_path / "home"), tmp_path / "logs")
-    yield w
-    w.close()
+def workers(database: str, tmp_path: Path) -> Iterator[WorkerGroup]:
+    with _workers(database, tmp_path) as group:
+        yield group
 
 
 # -- kill, stop, continue ---------------------------------------------------------------
@@ -229,7 +171,7 @@ def workers(database: str, tmp_path: Path) -> Iterator[Workers]:
 @pytest.mark.criu
 @pytest.mark.timeout(300)
 def test_three_workers_one_killed_one_stopped_every_run_completes_once(
-    workers: Workers,
+    workers: WorkerGroup,
     database: str,
     tmp_path: Path,
     criu: Criu,  # noqa: F811
@@ -264,20 +206,20 @@ def test_three_workers_one_killed_one_stopped_every_run_completes_once(
         extra = {"TORPOR_CRIU": criu.path, "TORPOR_CHECKPOINT_POLICY": "step"}
         procs = []
         for _ in range(3):
-            procs.append(workers.start(env=extra))
-            _until(
+            procs.append(workers.start(**extra))
+            wait_until(
                 lambda: sum(map(_holds(procs[-1]), _runs(store, everything))) == 4,
                 "the worker to claim its first four runs",
             )
         killed, stopped, third = procs
 
-        def in_flight(proc: subprocess.Popen[bytes], road: Road) -> list[RunRecord]:
+        def in_flight(proc: WorkerProcess, road: Road) -> list[RunRecord]:
             return [
                 r for r in _runs(store, everything)
                 if _holds(proc)(r) and r.road is road and not r.status.terminal
             ]  # fmt: skip
 
-        def stepped(proc: subprocess.Popen[bytes]) -> bool:
+        def stepped(proc: WorkerProcess) -> bool:
             """A snapshot-road run of this worker has recorded a step (so it has an image)."""
             return any(
                 any(e.kind == "step" for e in store.read(r.id))
@@ -286,7 +228,7 @@ def test_three_workers_one_killed_one_stopped_every_run_completes_once(
 
         # Once a snapshot-road run on each of the first two workers has an image, with both
         # roads in flight on them: kill the first, stop the second.
-        _until(
+        wait_until(
             lambda: (
                 stepped(killed)
                 and stepped(stopped)
@@ -296,11 +238,10 @@ def test_three_workers_one_killed_one_stopped_every_run_completes_once(
             "checkpointed runs and both roads in flight on the first two workers",
             timeout=90,
         )
-        killed.send_signal(signal.SIGKILL)
-        stopped.send_signal(signal.SIGSTOP)
-        stopped_at = time.time()
-        killed.wait(timeout=30)
+        killed.kill()
         killed_at = time.time()
+        stopped.pause()
+        stopped_at = time.time()
         time.sleep(0.2)  # statements they had sent finish on the server
         held_by_killed = {
             r.id: r for r in _runs(store, everything) if _holds(killed)(r) and not r.status.terminal
@@ -312,7 +253,7 @@ def test_three_workers_one_killed_one_stopped_every_run_completes_once(
             if _holds(stopped)(r) and not r.status.terminal
         }
         assert {r.road for r in held_by_stopped.values()} == {Road.SNAPSHOT, Road.REPLAY}
-        _until(
+        wait_until(
             lambda: all(
                 store.get_run(i).epoch > r.epoch or store.get_run(i).status.terminal
                 for i, r in held_by_stopped.items()
@@ -323,9 +264,9 @@ def test_three_workers_one_killed_one_stopped_every_run_completes_once(
         )
         assert time.time() - stopped_at > LEASE
         continued_at = time.time()
-        stopped.send_signal(signal.SIGCONT)
+        stopped.resume()
 
-        _until(
+        wait_until(
             lambda: all(r.status.terminal for r in _runs(store, everything)),
             "every run to end",
             timeout=150,
@@ -360,14 +301,14 @@ def test_three_workers_one_killed_one_stopped_every_run_completes_once(
         for run in held_by_stopped.values():
             restored_at = [e.created_at for e in store.read(run.id) if e.kind == "restored"]
             if restored_at and restored_at[0] < continued_at:
-                assert f"run {run.id}: sandbox" in workers.log(third), run.id
+                assert f"run {run.id}: sandbox" in third.log(), run.id
 
         # Step bodies against recorded results: a body ran in vain only in an attempt of
         # the killed or the stopped worker (or one that lost its lease, and said so).
         def cut_off(run: RunRecord, x: Execution) -> bool:
             if x.pid in (killed.pid, stopped.pid):
                 return True
-            return f"run {run.id}: lease lost" in workers.log_of_pid(x.pid)
+            return f"run {run.id}: lease lost" in _log_of_pid(workers, x.pid)
 
         executions = _executions(effects)
         replay_runs = {i: store.get_run(r) for i, r in replay.items()}
@@ -376,7 +317,7 @@ def test_three_workers_one_killed_one_stopped_every_run_completes_once(
         # Fencing: the stopped worker, once continued, finished the bodies it was inside,
         # but none of its results reached a log; it was told its lease was lost.
         late = []
-        stopped_log = workers.log(stopped)
+        stopped_log = stopped.log()
         for run_id, before in held_by_stopped.items():
             if before.road is not Road.REPLAY:
                 continue
@@ -429,15 +370,13 @@ def test_workers_ride_out_a_database_restart(
     restartable: TemporaryPostgres, tmp_path: Path
 ) -> None:
     url = restartable.create_database()
-    workers = Workers(torpor_env(url, tmp_path / "home"), tmp_path / "logs")
     steps = 30
     effects = tmp_path / "effects.txt"
     effects.touch()
-    store = open_store(url)
-    try:
+    with _workers(url, tmp_path) as workers, open_store(url) as store:
         ids = {i: _enqueue(store, "chaos", [str(effects), i, steps, 0.03]) for i in range(1, 25)}
         procs = [workers.start() for _ in range(3)]
-        _until(
+        wait_until(
             lambda: (
                 sum(r.status is RunStatus.COMPLETED for r in _runs(store, [*ids.values()])) >= 4
             ),
@@ -447,9 +386,9 @@ def test_workers_ride_out_a_database_restart(
         assert in_flight
         restartable.restart(down_seconds=2.0)
 
-        _until(lambda: _all_ended(store, [*ids.values()]), "every run to end", timeout=120)
+        wait_until(lambda: _all_ended(store, [*ids.values()]), "every run to end", timeout=120)
         assert [p.poll() for p in procs] == [None, None, None], "a worker died"
-        logs = [workers.log(p) for p in procs]
+        logs = [p.log() for p in procs]
         assert any("the store is unreachable" in log for log in logs), logs
         assert workers.stop_all() == [0, 0, 0]
 
@@ -460,15 +399,12 @@ def test_workers_ride_out_a_database_restart(
             _check_log(store, run)
 
         def cut_off(run: RunRecord, x: Execution) -> bool:
-            log = workers.log_of_pid(x.pid)
+            log = _log_of_pid(workers, x.pid)
             return f"run {run.id}: the store is unreachable" in log or (
                 f"run {run.id}: lease lost" in log
             )
 
         _check_executions(store, runs, steps, _executions(effects), cut_off)
-    finally:
-        store.close()
-        workers.close()
 
 
 @pytest.mark.criu
@@ -479,23 +415,21 @@ def test_snapshot_road_runs_ride_out_a_database_restart(
     criu: Criu,  # noqa: F811
 ) -> None:
     url = restartable.create_database()
-    workers = Workers(torpor_env(url, tmp_path / "home"), tmp_path / "logs")
     steps = 10
-    store = open_store(url)
-    try:
+    with _workers(url, tmp_path) as workers, open_store(url) as store:
         ids = {
             i: _enqueue(store, "snap_chaos", [i, steps, 0.3], road=Road.SNAPSHOT) for i in range(4)
         }
-        procs = [workers.start(env={"TORPOR_CRIU": criu.path}) for _ in range(2)]
-        _until(
+        procs = [workers.start(TORPOR_CRIU=criu.path) for _ in range(2)]
+        wait_until(
             lambda: all(any(e.kind == "step" for e in store.read(r)) for r in ids.values()),
             "every sandbox to record a step",
         )
         assert not any(r.status.terminal for r in _runs(store, [*ids.values()]))
         restartable.restart(down_seconds=2.0)
-        _until(lambda: _all_ended(store, [*ids.values()]), "every run to end", timeout=120)
+        wait_until(lambda: _all_ended(store, [*ids.values()]), "every run to end", timeout=120)
         assert [p.poll() for p in procs] == [None, None], "a worker died"
-        logs = "".join(workers.log(p) for p in procs)
+        logs = "".join(p.log() for p in procs)
         assert "the store is unreachable" in logs, logs
         assert workers.stop_all() == [0, 0]
         for i, run_id in ids.items():
@@ -504,9 +438,6 @@ def test_snapshot_road_runs_ride_out_a_database_restart(
             assert run.output["index"] == i
             assert run.output["squares"] == [n * n for n in range(1, steps + 1)]
             _check_log(store, run)
-    finally:
-        store.close()
-        workers.close()
 
 
 def _all_ended(store: Store, ids: list[str]) -> bool:
@@ -522,33 +453,32 @@ def _all_ended(store: Store, ids: list[str]) -> bool:
 
 @pytest.mark.timeout(120)
 def test_timers_and_events_due_while_no_worker_runs_are_delivered_after_one_starts(
-    workers: Workers, database: str
+    workers: WorkerGroup, database: str
 ) -> None:
     store = open_store(database)
     try:
         sleepers = [_enqueue(store, "wake_later", [2.0]) for _ in range(3)]
         waiters = [_enqueue(store, "wait_event", []) for _ in range(3)]
-        first = workers.start(park_after=0.3)
-        _until(
+        first = workers.start("--park-after", "0.3")
+        wait_until(
             lambda: all(
                 r.status is RunStatus.WAITING and r.lease_owner is None
                 for r in _runs(store, sleepers + waiters)
             ),
             "every run to park",
         )
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(timeout=30) == 0
+        assert first.stop(timeout=30) == 0, first.log()
         # No worker runs: the events arrive and the timers come due.
         for n, run_id in enumerate(waiters):
             store.send_event(run_id, "answer", {"n": n})
         fire_at = max(t.fire_at for r in sleepers for t in store.list_timers(r))
-        _until(lambda: time.time() > fire_at + 0.5, "the timers to come due")
+        wait_until(lambda: time.time() > fire_at + 0.5, "the timers to come due")
         assert all(r.status is RunStatus.WAITING for r in _runs(store, sleepers + waiters))
 
         started = time.time()
-        workers.start(park_after=0.3)
-        workers.start(park_after=0.3)
-        _until(
+        workers.start("--park-after", "0.3")
+        workers.start("--park-after", "0.3")
+        wait_until(
             lambda: all(r.status.terminal for r in _runs(store, sleepers + waiters)),
             "every run to end",
         )
