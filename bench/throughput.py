@@ -32,7 +32,6 @@ import math
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, progress, save_results, write_section
 from torpor.store import _postgres as pg_store
 from torpor.store import open_store
-from torpor.testing import TemporaryPostgres
+from torpor.testing import TemporaryPostgres, WorkerGroup, wait_until
 
 FLOWS = Path(__file__).resolve().parent / "_throughput_flows.py"
 WORKFLOW = "_throughput_flows"
@@ -60,59 +59,15 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def _until(check: Callable[[], Any], what: str, timeout: float) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-
-
-class Workers:
-    """`torpor worker` processes on one database; killed on exit whatever happens."""
-
-    def __init__(self, url: str, home: Path) -> None:
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TORPOR_")}
-        self.env.update(TORPOR_HOME=str(home), TORPOR_DATABASE_URL=url)
-        self.home = home
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *, lease: float, concurrency: int) -> subprocess.Popen[bytes]:
-        log = self.home / f"worker-{len(self.procs)}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "torpor", "worker", "--lease", str(lease),
-                 "--concurrency", str(concurrency)],
-                env=self.env, stdout=out, stderr=out,
-            )  # fmt: skip
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 @contextmanager
-def _workers(url: str) -> Iterator[Workers]:
+def _workers(url: str) -> Iterator[WorkerGroup]:
+    """`torpor worker` processes on one database, in a fresh TORPOR_HOME; stopped on exit
+    whatever happens."""
     with tempfile.TemporaryDirectory(prefix="torpor-bench-workers-") as home:
-        workers = Workers(url, Path(home))
-        try:
-            yield workers
-        finally:
-            for proc in workers.procs:
-                if proc.poll() is None:
-                    proc.kill()
-                proc.wait()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TORPOR_")}
+        env.update(TORPOR_HOME=home, TORPOR_DATABASE_URL=url)
+        with WorkerGroup(env=env, logs=home) as group:
+            yield group
 
 
 def _enqueue(url: str, workflow: str, args: list[Any], count: int) -> list[str]:
@@ -137,7 +92,7 @@ def measure_throughput(
     _enqueue(url, "steps", [steps], runs)
     with psycopg.connect(url, autocommit=True) as conn, _workers(url) as group:
         for _ in range(workers):
-            group.start(lease=30, concurrency=concurrency)
+            group.start("--lease", "30", "--concurrency", str(concurrency))
 
         def completed() -> int:
             row = conn.execute(
@@ -146,14 +101,14 @@ def measure_throughput(
             return int(row[0]) if row else 0
 
         connections = 0
-        _until(lambda: completed() >= runs // 3, "a third of the runs", timeout=300)
+        wait_until(lambda: completed() >= runs // 3, "a third of the runs", timeout=300)
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
             "AND pid <> pg_backend_pid()"
         ).fetchone()
         connections = int(row[0]) if row else 0
-        _until(lambda: completed() >= runs, "every run to complete", timeout=600)
-        group.stop()
+        wait_until(lambda: completed() >= runs, "every run to complete", timeout=600)
+        group.stop_all()
         failed = conn.execute(
             "SELECT count(*) FROM torpor_runs WHERE status <> 'completed'"
         ).fetchone()
@@ -191,7 +146,7 @@ def measure_throughput(
 def measure_takeover(pg: TemporaryPostgres, lease: float) -> dict[str, float]:
     url = pg.create_database()
     with psycopg.connect(url, autocommit=True) as conn, _workers(url) as group:
-        procs = [group.start(lease=lease, concurrency=1) for _ in range(2)]
+        procs = [group.start("--lease", str(lease), "--concurrency", "1") for _ in range(2)]
         time.sleep(3.0)  # both idle: their claim polls have backed off as in production
         (run_id,) = _enqueue(url, "slow", [10_000, 0.05], 1)
 
@@ -201,7 +156,7 @@ def measure_takeover(pg: TemporaryPostgres, lease: float) -> dict[str, float]:
             ).fetchone()
             return int(row[0]) if row else 0
 
-        _until(lambda: steps_recorded() >= 5, "the run to record 5 steps", timeout=60)
+        wait_until(lambda: steps_recorded() >= 5, "the run to record 5 steps", timeout=60)
         row = conn.execute("SELECT lease_owner FROM torpor_runs WHERE id = %s", (run_id,))
         owner = str(row.fetchone()[0])  # type: ignore[index]
         holder = next(p for p in procs if f"-{p.pid}-" in owner)
@@ -224,7 +179,7 @@ def measure_takeover(pg: TemporaryPostgres, lease: float) -> dict[str, float]:
             ).fetchone()
             return None if step is None else (float(found[1]), float(step[0]))
 
-        claimed_at, stepped_at = _until(progress_after, "the takeover", timeout=lease + 60)
+        claimed_at, stepped_at = wait_until(progress_after, "the takeover", timeout=lease + 60)
     return {"lease": lease, "claim_s": claimed_at - killed_at, "step_s": stepped_at - killed_at}
 
 

@@ -7,9 +7,6 @@ OpenAI SDK; the worker is a real `torpor worker` process; the store is the embed
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +17,14 @@ from ..agent import Agent, ModelReply
 from ..runtime import Run, configure, send, start
 from ..sandbox import find_criu
 from ..store import Store
-from ..testing import ScriptedModelServer, ScriptedRequest, reply_text, reply_tool_calls
+from ..testing import (
+    ScriptedModelServer,
+    ScriptedRequest,
+    WorkerProcess,
+    reply_text,
+    reply_tool_calls,
+    wait_until,
+)
 
 __all__ = ["run_demo"]
 
@@ -82,27 +86,15 @@ class _RoadResult:
     suspended: int = 0
 
 
-def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    logs = Settings.from_env().home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / "demo-workers.log", "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "torpor", "worker", "--lease", "1.5", "--park-after", "30"],
-            env=env,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
-
-
-def _wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(f"the demo waited {timeout:g} s for {what}")
+def _worker(env: dict[str, str]) -> WorkerProcess:
+    # In a session of its own: a kill ends the shell command the agent is running, too.
+    return WorkerProcess(
+        "--lease", "1.5", "--park-after", "30",
+        env=env,
+        log=Settings.from_env().home / "logs" / "demo-workers.log",
+        own_session=True,
+        grace=60,
+    )  # fmt: skip
 
 
 def _agent_run(
@@ -126,31 +118,28 @@ def _agent_run(
         def kinds() -> list[str]:
             return [e.kind for e in store.read(handle.id)]
 
-        _wait_for(lambda: kinds().count("model_call") >= 2, "the second model call")
+        wait_until(lambda: kinds().count("model_call") >= 2, "the second model call")
         time.sleep(0.7)  # the agent is now inside `sleep 1.5; python3 app.py`
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait()
+        worker.kill()
         killed = time.monotonic()
         echo("  SIGKILLed the worker in the middle of a shell command (turn 2)")
         worker = _worker(env)
         taken_over = "restored" if road == "snapshot" else "recovered"
-        _wait_for(lambda: taken_over in kinds(), "the run to be taken over")
+        wait_until(lambda: taken_over in kinds(), "the run to be taken over")
         result.recovery_s = time.monotonic() - killed
         how = "restored its newest snapshot" if road == "snapshot" else "replayed its journal"
         echo(f"  a new worker took the run over after {result.recovery_s:.1f} s "
              f"(lease expiry) and {how}")  # fmt: skip
-        _wait_for(lambda: "wait" in kinds(), "the agent to ask for approval")
+        wait_until(lambda: "wait" in kinds(), "the agent to ask for approval")
         if road == "snapshot":
-            _wait_for(lambda: "suspended" in kinds(), "the waiting sandbox to be suspended")
+            wait_until(lambda: "suspended" in kinds(), "the waiting sandbox to be suspended")
             echo("  the agent waits for a human: its sandbox was checkpointed and stopped "
                  "(suspended: no process, no memory held)")  # fmt: skip
         echo("  the agent asks: 'Tests pass. May I publish REPORT.md?' → the demo approves")
         send(handle.id, "human", {"text": "Yes, publish it."})
         result.answer = str(handle.result(timeout=120))
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=60)
+        worker.close()
     entries = store.read(handle.id)
     result.turns = sum(1 for e in entries if e.kind == "model_call")
     result.tool_results = sum(1 for e in entries if e.kind == "tool_result")
