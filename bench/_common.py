@@ -57,6 +57,18 @@ def write_section(name: str, markdown: str) -> None:
     DOCS.write_text(text)
 
 
+def format_ms(seconds: list[float], digits: int = 0) -> str:
+    """Durations in seconds, in ms: their median with the range, just the value if there is
+    one, a dash if none. NaN (not measured) is left out."""
+    values = [v * 1e3 for v in seconds if v == v]
+    if not values:
+        return "—"
+    med, lo, hi = median_spread(values)
+    if len(values) == 1:
+        return f"{med:,.{digits}f}"
+    return f"{med:,.{digits}f} ({lo:,.{digits}f}–{hi:,.{digits}f})"
+
+
 def save_results(name: str, data: dict[str, Any]) -> Path:
     """Write one benchmark's measurements to bench-results/NAME.json, with the machine."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -68,16 +80,7 @@ def save_results(name: str, data: dict[str, Any]) -> Path:
 
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants, in MiB."""
-    total = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return total / 1024
+    # Imported here: workers and sandboxes import the scripts, and with them this module.
+    from torpor.testing import tree_rss_mb
+
+    return tree_rss_mb(pid)

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 import _conversation as conv  # type: ignore[import-not-found]
 
 import torpor
-from _common import DOCS, RESULTS, machine, progress, save_results, write_section
+from _common import DOCS, RESULTS, format_ms, machine, progress, save_results, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOT = DOCS.parent / "agent_storage.png"
@@ -271,15 +271,6 @@ def _size(n: float) -> str:
     return f"{n:,.0f} B"
 
 
-def _ms(values: list[float]) -> str:
-    if not values:
-        return "—"
-    med = statistics.median(values) * 1e3
-    if len(values) == 1:
-        return f"{med:,.1f}"
-    return f"{med:,.1f} ({min(values) * 1e3:,.1f}–{max(values) * 1e3:,.1f})"
-
-
 def summarize(results: dict[str, list[dict[str, Any]]], points: list[int]) -> list[dict[str, Any]]:
     """One row per system and point: sizes, per-turn bytes and times (medians)."""
     rows = []
@@ -418,7 +409,8 @@ def report(
         lines.append(
             f"| {SYSTEMS.get(r['system'], r['system'])} | {r['turns']:,} | {_size(r['db_bytes'])} "
             f"| {_size(r['text_bytes'])} | {_size(per) if per is not None else '—'} "
-            f"| {per / text_n if per else 0:,.1f}× | {_ms(r['wall_s'])} | {_ms(r['write_s'])} |"
+            f"| {per / text_n if per else 0:,.1f}× | {format_ms(r['wall_s'], 1)} "
+            f"| {format_ms(r['write_s'], 1)} |"
         )
     failed = {s: runs for s, runs in results.items() if any(r.get("error") for r in runs)}
     for system, runs in failed.items():
@@ -437,7 +429,7 @@ def _reading(rows: list[dict[str, Any]], points: list[int]) -> list[str]:
         return next((r for r in rows if r["system"] == system and r["turns"] == n), None)
 
     def wall(r: dict[str, Any] | None) -> str:
-        return _ms(r["wall_s"]).split(" (")[0] if r and r["wall_s"] else "—"
+        return format_ms(r["wall_s"], 1).split(" (")[0] if r and r["wall_s"] else "—"
 
     hi, lo = max(points), min(points)
     torpor_hi, lg_hi = row("torpor-agent", hi), row("langgraph-messages", hi)

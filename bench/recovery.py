@@ -55,11 +55,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torpor
-from _common import DOCS, machine, median_spread, progress, save_results, write_section
+from _common import DOCS, format_ms, machine, median_spread, progress, save_results, write_section
+
+# torpor.testing is imported where it is used: workers and sandboxes import this file, and
+# a cold worker's recovery would pay for it.
+if TYPE_CHECKING:
+    from torpor.testing import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOT = DOCS.parent / "recovery.png"
@@ -126,6 +131,7 @@ class Env:
     def __init__(self, lease: float) -> None:
         from torpor._config import Settings
         from torpor.sandbox import find_criu
+        from torpor.testing import WorkerGroup
 
         self.criu: str | None
         try:
@@ -141,57 +147,33 @@ class Env:
             os.environ["TORPOR_CRIU"] = self.criu
         os.environ.setdefault("ANTHROPIC_API_KEY", "bench-key-for-the-scripted-server")
         self.lease = lease
-        (self.home / "logs").mkdir(parents=True, exist_ok=True)
-        self.workers: list[subprocess.Popen[bytes]] = []
+        # In sessions of their own: a kill ends the commands their runs started too.
+        self.workers = WorkerGroup(
+            env=os.environ, logs=self.home / "logs", own_session=True, cwd=ROOT
+        )
         self.others: list[subprocess.Popen[bytes]] = []
-        self.logs: dict[int, Path] = {}
 
     def worker(
         self, *, policy: str | None = None, concurrency: int = 1, park_after: float = 30.0,
         extra_env: dict[str, str] | None = None, imports: list[str] | None = None,
         warm_up: bool = False, lease: float | None = None,
-    ) -> subprocess.Popen[bytes]:  # fmt: skip
-        env = {**os.environ, **(extra_env or {})}
+    ) -> WorkerProcess:  # fmt: skip
+        env = dict(extra_env or {})
         if policy:
             env["TORPOR_CHECKPOINT_POLICY"] = policy
-        cmd = [sys.executable, "-m", "torpor", "worker", "--lease", str(lease or self.lease),
-               "--park-after", str(park_after), "--concurrency", str(concurrency)]  # fmt: skip
-        for item in imports or []:
-            cmd += ["--import", item]
         if warm_up:
             env["TORPOR_BENCH_WARMUP"] = "1"
-        self.count = getattr(self, "count", 0) + 1
-        log = self.home / "logs" / f"worker-{self.count}.log"
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                cmd, env=env, stdout=out, stderr=out, start_new_session=True, cwd=ROOT
-            )
-        self.workers.append(proc)
-        self.logs[proc.pid] = log
-        return proc
-
-    def log_of(self, proc: subprocess.Popen[bytes]) -> Path:
-        return self.logs[proc.pid]
-
-    def kill(self, proc: subprocess.Popen[bytes]) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    def stop(self, proc: subprocess.Popen[bytes], grace: float = 60.0) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.kill(proc)
+        args = ["--lease", str(lease or self.lease), "--park-after", str(park_after),
+                "--concurrency", str(concurrency)]  # fmt: skip
+        for item in imports or []:
+            args += ["--import", item]
+        return self.workers.start(*args, **env)
 
     def close(self) -> None:
-        for proc in self.workers + self.others:
-            if proc.poll() is None:
-                self.kill(proc)
-        self.workers.clear()
+        for worker in self.workers:
+            worker.kill()
+        for proc in self.others:
+            _kill_group(proc)
         self.others.clear()
         # Sandboxes of killed workers: kill their trees and unmount before deleting.
         with contextlib.suppress(Exception):
@@ -204,14 +186,12 @@ class Env:
             shutil.rmtree(self.home, ignore_errors=True)
 
 
-def _wait_for(check: Any, what: str, timeout: float, every: float = 0.005) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"waited {timeout:g} s for {what}")
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a process started in a session of its own, with its group, and wait for it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 class Tail:
@@ -260,12 +240,14 @@ THIS_FILE = str(Path(__file__).resolve())
 WARM_IMPORTS = ["openai", "anthropic", "torpor.sandbox", "torpor.snapshots", THIS_FILE]
 
 
-def _warm(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
+def _warm(worker: WorkerProcess, timeout: float = 60.0) -> None:
     """Wait until a worker has imported everything and started claiming."""
-    _wait_for(lambda: proc.poll() is not None or "worker w-" in log.read_text(errors="replace"),
-              "a standby worker to start", timeout, every=0.05)  # fmt: skip
-    if proc.poll() is not None:
-        raise RuntimeError(f"a worker exited ({proc.returncode}); see {log}")
+    from torpor.testing import wait_until
+
+    wait_until(lambda: worker.poll() is not None or "worker w-" in worker.log(),
+               "a standby worker to start", timeout=timeout)  # fmt: skip
+    if worker.poll() is not None:
+        raise RuntimeError(f"a worker exited ({worker.returncode}); see {worker.log_path}")
 
 
 def recovery_series(
@@ -279,17 +261,17 @@ def recovery_series(
     the kill, and a new standby replaces it. Cold: the new worker is a fresh process without
     those imports, started at the kill.
     """
-    from torpor.testing import ScriptedModelServer
+    from torpor.testing import ScriptedModelServer, wait_until
 
     trials: list[Trial] = []
     target = max(points) + 3 * repeat + EXTRA_TURNS
     wpolicy = policy if road == "snapshot" else None
     imports = None if cold else WARM_IMPORTS
-    standby: list[subprocess.Popen[bytes]] = []
+    standby: list[WorkerProcess] = []
     if not cold:
         standby = [env.worker(policy=wpolicy, imports=imports, warm_up=not cold) for _ in range(4)]
         for proc in standby:
-            _warm(proc, env.log_of(proc))
+            _warm(proc)
     with ScriptedModelServer(_script) as server:
         agent = torpor.Agent(
             "anthropic:scripted-adder",
@@ -303,7 +285,7 @@ def recovery_series(
         tail = Tail(store, handle.id)
         if cold:
             standby = [env.worker(policy=wpolicy)]
-        first = _wait_for(lambda: store.get_run(handle.id).lease_owner, "the first claim", 60)
+        first = wait_until(lambda: store.get_run(handle.id).lease_owner, "the first claim")
         worker = _owner(standby, first)
         standby.remove(worker)
         last_kill_turns = 0
@@ -312,16 +294,17 @@ def recovery_series(
                 for rep in range(repeat):
                     want = max(n, last_kill_turns + 2)
                     budget = 120 + want * (0.5 if road == "snapshot" else 0.3)
-                    end = time.monotonic() + budget
-                    while tail.model_calls < want:
-                        if time.monotonic() > end:
-                            raise TimeoutError(f"{road} run {handle.id}: {tail.model_calls} "
-                                               f"turns after {budget:.0f} s")  # fmt: skip
+
+                    def reached(worker: WorkerProcess = worker, want: int = want) -> bool:
                         if worker.poll() is not None:
                             raise RuntimeError(f"the worker exited ({worker.returncode}); "
-                                               f"see {env.log_of(worker)}")  # fmt: skip
+                                               f"see {worker.log_path}")  # fmt: skip
                         tail.poll()
-                        time.sleep(0.01)
+                        return tail.model_calls >= want
+
+                    wait_until(reached, f"{road} run {handle.id} to reach {want} turns",
+                               timeout=budget, interval=0.01,
+                               explain=lambda: f"{tail.model_calls} turns")  # fmt: skip
                     if cold:
                         standby = []
                     trial = _crash(env, store, handle.id, tail, road, n, worker, standby, wpolicy)
@@ -368,11 +351,11 @@ def recovery_series(
                 )
         finally:
             for proc in [worker, *standby]:
-                env.stop(proc)
+                proc.stop()
     return trials
 
 
-def _owner(procs: list[subprocess.Popen[bytes]], worker_id: str) -> subprocess.Popen[bytes]:
+def _owner(procs: list[WorkerProcess], worker_id: str) -> WorkerProcess:
     """The worker process whose id (w-HOST-PID-HEX) is ``worker_id``."""
     pid = int(worker_id.rsplit("-", 2)[1])
     for proc in procs:
@@ -383,12 +366,14 @@ def _owner(procs: list[subprocess.Popen[bytes]], worker_id: str) -> subprocess.P
 
 def _crash(
     env: Env, store: Any, run_id: str, tail: Tail, road: str, n: int,
-    worker: subprocess.Popen[bytes], standby: list[subprocess.Popen[bytes]], wpolicy: str | None,
+    worker: WorkerProcess, standby: list[WorkerProcess], wpolicy: str | None,
 ) -> Trial:  # fmt: skip
+    from torpor.testing import wait_until
+
     trial = Trial(road, n)
     old = store.get_run(run_id)
     killed = time.time()
-    env.kill(worker)
+    worker.kill()
     tail.poll()
     trial.turns_at_crash = tail.model_calls
     trial.crash_seq = tail.entries[-1].seq
@@ -413,7 +398,7 @@ def _crash(
         rec = store.get_run(run_id)
         return rec if rec.epoch > old.epoch else None
 
-    rec = _wait_for(claimed, "the new worker's claim", timeout=env.lease * 3 + 60)
+    rec = wait_until(claimed, "the new worker's claim", timeout=env.lease * 3 + 60, interval=0.005)
     seen = time.time()
     trial.worker = _owner(standby, rec.lease_owner)  # type: ignore[attr-defined]
     claim_at = (rec.lease_expires_at or seen) - env.lease
@@ -424,7 +409,7 @@ def _crash(
         tail.poll()
         return tail.first(("model_call", "tool_result"), trial.crash_seq)
 
-    first = _wait_for(moved, "progress after the crash", timeout=300, every=0.01)
+    first = wait_until(moved, "progress after the crash", timeout=300, interval=0.01)
     taken = tail.first(("restored" if road == "snapshot" else "recovered",), trial.crash_seq)
     trial.work_s = first.created_at - claim_at
     trial.wall_s = first.created_at - killed
@@ -443,6 +428,8 @@ def _crash(
 
 
 def suspend_wake(env: Env, store: Any, repeat: int) -> list[dict[str, float]]:
+    from torpor.testing import wait_until
+
     rows = []
     worker = env.worker()
     try:
@@ -454,7 +441,7 @@ def suspend_wake(env: Env, store: Any, repeat: int) -> list[dict[str, float]]:
                 tail.poll()
                 return tail.first(("suspended",))
 
-            susp = _wait_for(suspended, "the run to be suspended", timeout=120, every=0.01)
+            susp = wait_until(suspended, "the run to be suspended", timeout=120, interval=0.01)
             wait = tail.first(("wait",))
             time.sleep(0.5)  # a quiet moment: the worker polls for claims again
             epoch = store.get_run(handle.id).epoch
@@ -465,14 +452,14 @@ def suspend_wake(env: Env, store: Any, repeat: int) -> list[dict[str, float]]:
                 rec = store.get_run(run_id)
                 return rec if rec.epoch > epoch else None
 
-            rec = _wait_for(claimed, "the claim of the woken run", timeout=60, every=0.005)
+            rec = wait_until(claimed, "the claim of the woken run", timeout=60, interval=0.005)
             claim_at = (rec.lease_expires_at or time.time()) - env.lease
 
             def evented(tail: Tail = tail) -> Any:
                 tail.poll()
                 return tail.first(("event",))
 
-            ev = _wait_for(evented, "the event to be consumed", timeout=120, every=0.005)
+            ev = wait_until(evented, "the event to be consumed", timeout=120, interval=0.005)
             restored = tail.first(("restored",))
             handle.result(timeout=60)
             row = {
@@ -490,35 +477,11 @@ def suspend_wake(env: Env, store: Any, repeat: int) -> list[dict[str, float]]:
             progress(f"suspend/wake {i + 1}/{repeat}: suspend {row['suspend_s'] * 1e3:.0f} ms, "
                      f"wake {row['wake_s'] * 1e3:.0f} ms")  # fmt: skip
     finally:
-        env.stop(worker)
+        worker.stop()
     return rows
 
 
 # -- 3. memory ----------------------------------------------------------------------------
-
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(name))
-    return kids
-
-
-def _tree(pid: int) -> list[int]:
-    kids = _children()
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo += kids.get(p, [])
-    return found
 
 
 def _mem(pids: list[int]) -> tuple[int, int]:
@@ -554,12 +517,14 @@ def _count_status(store: Any, ids: list[str], status: str) -> int:
 
 
 def memory_suspended(env: Env, store: Any, n: int, concurrency: int) -> dict[str, Any]:
+    from torpor.testing import process_tree
+
     blobs = env.home / "blobs"
     blobs_before = _du(blobs)
     # This file imported up front: see memory_threads.
     worker = env.worker(concurrency=concurrency, imports=[THIS_FILE])
-    _warm(worker, env.log_of(worker))
-    idle_rss, idle_pss = _mem(_tree(worker.pid))
+    _warm(worker)
+    idle_rss, idle_pss = _mem(process_tree(worker.pid))
     t0 = time.monotonic()
     ids = [torpor.start(wait_for_go, f"m{i}", road="snapshot", detach=True).id for i in range(n)]
     done = 0
@@ -567,7 +532,7 @@ def memory_suspended(env: Env, store: Any, n: int, concurrency: int) -> dict[str
     while done < n:
         time.sleep(2)
         done = _count_status(store, ids, "suspended")
-        rss_now = _mem(_tree(worker.pid))[0]
+        rss_now = _mem(process_tree(worker.pid))[0]
         samples.append((done, rss_now))
         progress(f"memory (snapshot road): {done}/{n} suspended, worker tree RSS "
                  f"{rss_now / 1e6:.0f} MB, {time.monotonic() - t0:.0f} s")  # fmt: skip
@@ -575,7 +540,7 @@ def memory_suspended(env: Env, store: Any, n: int, concurrency: int) -> dict[str
             break
     elapsed = time.monotonic() - t0
     time.sleep(1)
-    pids = _tree(worker.pid)
+    pids = process_tree(worker.pid)
     rss, pss = _mem(pids)
     sandboxes = [p for p in (env.home / "sandboxes").glob("*") if p.is_dir()]
     snaps = [s for i in ids for s in store.list_snapshots(i)]
@@ -604,26 +569,28 @@ def memory_suspended(env: Env, store: Any, n: int, concurrency: int) -> dict[str
     for i in ids:
         with contextlib.suppress(Exception):
             torpor.cancel(i)
-    env.stop(worker)
+    worker.stop()
     return result
 
 
 def memory_threads(env: Env, store: Any, n: int) -> dict[str, Any]:
+    from torpor.testing import process_tree
+
     # This file imported before claiming: threads loading a workflow's file at once race
     # (a run can fail with WorkflowNotFoundError while another thread executes the file).
     # The default 30 s lease: the heartbeat renews one run per transaction, and 1,000 runs
     # do not get renewed within a third of a 2 s lease (the worker then claims its own runs
     # again and the first thread of each is fenced).
     worker = env.worker(concurrency=n, park_after=1e9, imports=[THIS_FILE], lease=30.0)
-    _warm(worker, env.log_of(worker))
-    idle_rss, idle_pss = _mem(_tree(worker.pid))
+    _warm(worker)
+    idle_rss, idle_pss = _mem(process_tree(worker.pid))
     ids = [torpor.start(wait_for_go, f"t{i}", detach=True).id for i in range(n)]
     t0 = time.monotonic()
     while (w := _count_status(store, ids, "waiting")) < n and time.monotonic() - t0 < 120:
         progress(f"memory (live threads): {w}/{n} waiting")
         time.sleep(2)
     time.sleep(2)
-    rss, pss = _mem(_tree(worker.pid))
+    rss, pss = _mem(process_tree(worker.pid))
     with open(f"/proc/{worker.pid}/status") as f:
         threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
     result = {"n": n, "waiting": _count_status(store, ids, "waiting"), "rss": rss, "pss": pss,
@@ -634,7 +601,7 @@ def memory_threads(env: Env, store: Any, n: int) -> dict[str, Any]:
     while _count_status(store, ids, "completed") < n and time.monotonic() - t1 < 120:
         time.sleep(1)
     result["completed"] = _count_status(store, ids, "completed")
-    env.stop(worker)
+    worker.stop()
     return result
 
 
@@ -648,6 +615,8 @@ print(run.result(timeout=600))
 
 
 def memory_processes(env: Env, store: Any, m: int) -> dict[str, Any]:
+    from torpor.testing import process_tree
+
     code = _PROCESS.format(bench=str(Path(__file__).resolve().parent))
     procs = []
     for i in range(m):
@@ -672,7 +641,7 @@ def memory_processes(env: Env, store: Any, m: int) -> dict[str, Any]:
             break
         time.sleep(2)
     time.sleep(2)
-    pids = [p for proc in procs for p in _tree(proc.pid)]
+    pids = [p for proc in procs for p in process_tree(proc.pid)]
     rss, pss = _mem(pids)
     result = {"m": m, "waiting": len(ids), "rss": rss, "pss": pss, "processes": len(pids)}
     for run_id in ids:
@@ -681,19 +650,11 @@ def memory_processes(env: Env, store: Any, m: int) -> dict[str, Any]:
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            env.kill(proc)
+            _kill_group(proc)
     return result
 
 
 # -- the report ---------------------------------------------------------------------------
-
-
-def _ms(values: list[float], digits: int = 0) -> str:
-    values = [v for v in values if v == v]
-    if not values:
-        return "—"
-    med, lo, hi = median_spread([v * 1000 for v in values])
-    return f"{med:,.{digits}f} ({lo:,.{digits}f}–{hi:,.{digits}f})"
 
 
 def _s(values: list[float]) -> str:
@@ -857,16 +818,16 @@ def report(
             if road == "snapshot":
                 ages = [t.crash_seq - t.snapshot_seq for t in ts if t.snapshot_seq is not None]
                 age = "/".join(str(a) for a in ages) or "no snapshot"
-                fr = _ms([((t.fetch_ms or 0) + (t.restore_ms or 0)) / 1000 for t in ts
-                          if t.fetch_ms is not None])  # fmt: skip
+                fr = format_ms([((t.fetch_ms or 0) + (t.restore_ms or 0)) / 1000 for t in ts
+                                if t.fetch_ms is not None])  # fmt: skip
             else:
                 age = f"all ({'/'.join(str(t.crash_seq) for t in ts)})"
                 fr = "—"
             lines.append(
                 f"| {n:,}{' (cold worker)' if cold else ''} | {road} | {at} "
-                f"| {_ms([t.work_s for t in ts])} "
-                f"| {_ms([t.takeover_s for t in ts])} | {_s([t.wall_s for t in ts])} "
-                f"| {_ms([t.turn_s for t in ts], 1)} | {age} | {fr} "
+                f"| {format_ms([t.work_s for t in ts])} "
+                f"| {format_ms([t.takeover_s for t in ts])} | {_s([t.wall_s for t in ts])} "
+                f"| {format_ms([t.turn_s for t in ts], 1)} | {age} | {fr} "
                 f"| {sum(t.paid_twice for t in ts)} | {sum(t.ok for t in ts)}/{len(ts)} |"
             )
     notes = sorted({f"{t.road} {t.turns}: {t.note}" for t in trials if t.note})
@@ -889,12 +850,13 @@ def report(
             "| suspend ms | of it: CRIU dump ms | wake ms | of it: send → claim ms "
             "| claim → restored ms | (fetch ms | CRIU restore ms) | restored → event ms |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|",
-            f"| {_ms([r['suspend_s'] for r in sw])} | {_ms([r['dump_ms'] / 1000 for r in sw])} "
-            f"| {_ms([r['wake_s'] for r in sw])} | {_ms([r['claim_s'] for r in sw])} "
-            f"| {_ms([r['restore_s'] for r in sw])} "
-            f"| {_ms([r.get('fetch_ms', float('nan')) / 1000 for r in sw])} "
-            f"| {_ms([r.get('criu_ms', float('nan')) / 1000 for r in sw])} "
-            f"| {_ms([r['look_s'] for r in sw])} |",
+            f"| {format_ms([r['suspend_s'] for r in sw])} "
+            f"| {format_ms([r['dump_ms'] / 1000 for r in sw])} "
+            f"| {format_ms([r['wake_s'] for r in sw])} | {format_ms([r['claim_s'] for r in sw])} "
+            f"| {format_ms([r['restore_s'] for r in sw])} "
+            f"| {format_ms([r.get('fetch_ms', float('nan')) / 1000 for r in sw])} "
+            f"| {format_ms([r.get('criu_ms', float('nan')) / 1000 for r in sw])} "
+            f"| {format_ms([r['look_s'] for r in sw])} |",
         ]
     if mem:
         lines += [
@@ -923,7 +885,7 @@ def report(
                          f"{_mb(samples[-1][1])} at {samples[-1][0]}), peaks of "
                          f"{_mb(max(r for _, r in samples))} during saves")  # fmt: skip
             saves = s.get("store_ms") or []
-            save = _ms([v / 1000 for v in saves]) if saves else "—"
+            save = format_ms([v / 1000 for v in saves]) if saves else "—"
             lines.append(
                 f"| snapshot road, suspended: no process left, one idle worker "
                 f"| {s['suspended']:,} | {_mb(s['worker_rss'])} ({_mb(s['worker_pss'])}) for the "

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DOCS, machine, progress, save_results, write_section
+from _common import DOCS, format_ms, machine, progress, save_results, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT / "bench" / "peers" / "recovery_peer.py"
@@ -162,15 +162,6 @@ def trial(
                     server.wait(timeout=20)
                 _kill(server)  # and whatever is left of its process group
     return out
-
-
-def _ms(values: list[float]) -> str:
-    if not values:
-        return "—"
-    med = statistics.median(values) * 1e3
-    if len(values) == 1:
-        return f"{med:,.0f}"
-    return f"{med:,.0f} ({min(values) * 1e3:,.0f}–{max(values) * 1e3:,.0f})"
 
 
 def summarize(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -310,8 +301,9 @@ def report(rows: list[dict[str, Any]], args: Any, plotted: bool) -> str:
             continue
         per = _slope(rows, r)
         lines.append(
-            f"| {store} | {r['steps']:,} | {NAMES[r['system']]} | {_ms(r['launch_to_step_s'])} "
-            f"| {per} | {_ms(r['spawn_to_step_s'])} | {_ms(r['imports_s'])} "
+            f"| {store} | {r['steps']:,} | {NAMES[r['system']]} "
+            f"| {format_ms(r['launch_to_step_s'])} "
+            f"| {per} | {format_ms(r['spawn_to_step_s'])} | {format_ms(r['imports_s'])} "
             f"| {r['ok']}/{r['trials']} |"
         )
     errors = sorted({e for r in rows if r["launch_to_step_s"] for e in r["errors"]})

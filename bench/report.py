@@ -616,6 +616,33 @@ def _plain_ticks(*axes: Any) -> None:
                 axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
 
+def _style(
+    ax: Any, title: str, *, x: str = "", y: str = "", log: str = "", grid: str = "both",
+    legend: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """Title, axis labels, log scale on the axes named in ``log`` ("x", "y", "xy"), a light
+    grid, and a legend if ``legend`` (its options) is given."""
+    for axis in log:
+        getattr(ax, f"set_{axis}scale")("log")
+    if x:
+        ax.set_xlabel(x)
+    if y:
+        ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.grid(True, axis=grid, which="both", alpha=0.3)
+    if legend is not None:
+        ax.legend(**legend)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> bool:
+    """Write the figure to ``path`` and free it."""
+    _plain_ticks(*fig.axes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def plot_overhead(results: dict[str, dict[str, Any]], path: Path) -> bool:
     """Per-step overhead by system and store; the agent's time writing per turn."""
     plt = _pyplot()
@@ -631,10 +658,8 @@ def plot_overhead(results: dict[str, dict[str, Any]], path: Path) -> bool:
         colors = ["tab:blue" if s["peer"] == "torpor" else "tab:gray" for s in series]
         left.bar(range(len(series)), [s["per_step_us"] for s in series], color=colors)
         left.set_xticks(range(len(series)), labels, fontsize=7, rotation=20)
-        left.set_yscale("log")
-        left.set_ylabel("µs per recorded step (median)")
-        left.set_title("Replay road: overhead per durable step")
-        left.grid(True, axis="y", which="both", alpha=0.3)
+        _style(left, "Replay road: overhead per durable step", y="µs per recorded step (median)",
+               log="y", grid="y")  # fmt: skip
     systems = sorted({x["system"] for x in storage})
     points = sorted({x["turns"] for x in storage})
     width = 0.8 / max(1, len(systems))
@@ -651,16 +676,10 @@ def plot_overhead(results: dict[str, dict[str, Any]], path: Path) -> bool:
         right.set_xticks(
             [j + 0.4 - width / 2 for j in range(len(points))], [f"turn {n:,}" for n in points]
         )
-        right.set_yscale("log")
-        right.set_ylabel("ms writing per turn (median of 10 turns)")
-        right.set_title("Agent conversation: time recording one turn")
-        right.legend(fontsize=8)
-        right.grid(True, axis="y", which="both", alpha=0.3)
-    _plain_ticks(*fig.axes)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+        _style(right, "Agent conversation: time recording one turn",
+               y="ms writing per turn (median of 10 turns)", log="y", grid="y",
+               legend={"fontsize": 8})  # fmt: skip
+    return _save(plt, fig, path)
 
 
 def plot_recovery(results: dict[str, dict[str, Any]], path: Path) -> bool:
@@ -698,18 +717,11 @@ def plot_recovery(results: dict[str, dict[str, Any]], path: Path) -> bool:
                     color={"torpor": "tab:cyan", "dbos": "tab:green"}.get(system, "tab:purple"),
                     label=f"{names[system]}, {backend}, workflow of steps",
                 )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("history at the SIGKILL (agent turns or workflow steps)")
-    ax.set_ylabel("recovery (ms, median)")
-    ax.set_title("Recovery after SIGKILL against history length")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    _plain_ticks(*fig.axes)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    _style(ax, "Recovery after SIGKILL against history length",
+           x="history at the SIGKILL (agent turns or workflow steps)",
+           y="recovery (ms, median)", log="xy",
+           legend={"fontsize": 7, "loc": "center left", "bbox_to_anchor": (1.01, 0.5)})  # fmt: skip
+    return _save(plt, fig, path)
 
 
 def plot_snapshots(results: dict[str, dict[str, Any]], path: Path) -> bool:
@@ -767,18 +779,9 @@ def plot_snapshots(results: dict[str, dict[str, Any]], path: Path) -> bool:
         (left, "time against resident memory", "ms"),
         (right, "snapshot size against resident memory", "MB"),
     ):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("resident memory of the process tree (MB)")
-        ax.set_ylabel(unit)
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    _plain_ticks(*fig.axes)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+        _style(ax, title, x="resident memory of the process tree (MB)", y=unit, log="xy",
+               legend={"fontsize": 7})  # fmt: skip
+    return _save(plt, fig, path)
 
 
 def plot_density(results: dict[str, dict[str, Any]], path: Path) -> bool:
@@ -800,15 +803,9 @@ def plot_density(results: dict[str, dict[str, Any]], path: Path) -> bool:
         )
         ax.legend(fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("MB of memory per waiting run")
-    ax.set_title("Suspended-run density: memory per waiting agent")
-    ax.grid(True, axis="x", which="both", alpha=0.3)
-    _plain_ticks(*fig.axes)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    _style(ax, "Suspended-run density: memory per waiting agent",
+           x="MB of memory per waiting run", log="x", grid="x")  # fmt: skip
+    return _save(plt, fig, path)
 
 
 FIGURES: list[tuple[str, Callable[[dict[str, dict[str, Any]], Path], bool], str]] = [

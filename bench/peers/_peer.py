@@ -10,15 +10,41 @@ import contextlib
 import json
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+Decorator = Callable[[Callable[[int], int]], Callable[[int], int]]
+
+
+def steps_workflow(
+    step: Decorator, workflow: Decorator, body: Callable[[int], int] = lambda i: i + 1
+) -> Callable[[int], int]:
+    """The workflow every system runs, made with that system's step and workflow
+    decorators: ``n`` steps in a row, each ``body`` of the previous one's result (the first
+    of 0). The decorators register the functions, so call this once per process."""
+
+    @step
+    def one_step(i: int) -> int:
+        return body(i)
+
+    @workflow
+    def steps(n: int) -> int:
+        x = 0
+        for _ in range(n):
+            x = one_step(x)
+        return x
+
+    return steps
 
 
 def make_parser(description: str) -> argparse.ArgumentParser:
@@ -101,6 +127,28 @@ def emit(result: Result, out: TextIO) -> int:
     out.write(json.dumps(asdict(result)) + "\n")
     out.flush()
     return 0 if result.error is None else 1
+
+
+def main(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    peer: str,
+    variant: str | Callable[[argparse.Namespace], str],
+    measure: Callable[[Result, Any, Path], None],
+) -> int:
+    """A peer script's main: parse, measure in a temporary folder (under --dir), print the
+    row; ``variant`` may depend on the arguments. ``measure(result, args, workdir)``."""
+    args = parser.parse_args(argv)
+    result = Result(
+        peer=peer,
+        variant=variant if isinstance(variant, str) else variant(args),
+        backend=args.backend,
+        steps=args.steps,
+        workflows=args.workflows,
+        repeat=args.repeat,
+    )
+    with tempfile.TemporaryDirectory(prefix=f"{peer}-bench-", dir=args.dir) as workdir:
+        return run(result, lambda r: measure(r, args, Path(workdir)))
 
 
 def run(result: Result, body: Callable[[Result], Any]) -> int:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import sqlite3
 import sys
-import tempfile
-from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -22,24 +20,6 @@ from typing import Any
 import _peer
 
 _SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
-
-
-def _register() -> Callable[[int], int]:
-    """Decorate the step and the workflow (DBOS registers them by name, before launch)."""
-    from dbos import DBOS
-
-    @DBOS.step()
-    def step(i: int) -> int:
-        return i + 1
-
-    @DBOS.workflow()
-    def steps_workflow(n: int) -> int:
-        x = 0
-        for _ in range(n):
-            x = step(x)
-        return x
-
-    return steps_workflow
 
 
 def _prepare_sqlite(path: Path, journal_mode: str, synchronous: str) -> None:
@@ -88,7 +68,8 @@ def _measure(result: _peer.Result, args: Any, workdir: Path) -> None:
         if not args.url:
             raise ValueError("--url is required for --backend postgres")
         url = args.url  # DBOS creates the database if it does not exist
-    steps_workflow = _register()
+    # Decorated before launch: DBOS registers them by name.
+    steps_workflow = _peer.steps_workflow(DBOS.step(), DBOS.workflow())
     config: DBOSConfig = {
         "name": "torpor-bench",
         "system_database_url": url,
@@ -106,17 +87,8 @@ def _measure(result: _peer.Result, args: Any, workdir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _peer.make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    result = _peer.Result(
-        peer="dbos",
-        variant="step",
-        backend=args.backend,
-        steps=args.steps,
-        workflows=args.workflows,
-        repeat=args.repeat,
-    )
-    with tempfile.TemporaryDirectory(prefix="dbos-bench-", dir=args.dir) as workdir:
-        return _peer.run(result, lambda r: _measure(r, args, Path(workdir)))
+    parser = _peer.make_parser(__doc__.splitlines()[0])
+    return _peer.main(parser, argv, "dbos", "step", _measure)
 
 
 if __name__ == "__main__":

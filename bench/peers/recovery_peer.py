@@ -29,7 +29,9 @@ import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
+
+import _peer  # noqa: E402
 
 WORKFLOW_ID = "bench-recovery"
 CRASH_AT = int(os.environ.get("BENCH_CRASH_AT", "-1"))  # set in the run phase only
@@ -42,6 +44,18 @@ def _step_body(i: int) -> int:
         time.sleep(1e6)
     marks.setdefault("first_new_step", time.time())
     return i + 1
+
+
+def _blocked() -> NoReturn:
+    """After the run phase's start: the workflow should have blocked at the crash point."""
+    raise RuntimeError("the run phase finished instead of blocking")
+
+
+def _done(result: object, args: argparse.Namespace) -> None:
+    """The recover phase has the workflow's result: when, and that it is right."""
+    marks["done"] = time.time()
+    if result != args.total:
+        raise RuntimeError(f"recovered workflow returned {result}, not {args.total}")
 
 
 def _emit(out: dict[str, Any]) -> None:
@@ -57,17 +71,9 @@ def _torpor(args: argparse.Namespace) -> dict[str, Any]:
     from torpor import Settings
     from torpor.store import open_store
 
-    @torpor.step(name="step")
-    def step(i: int) -> int:
-        return _step_body(i)
-
-    @torpor.workflow(name="bench.recovery_steps.steps")
-    def steps(n: int) -> int:
-        x = 0
-        for _ in range(n):
-            x = step(x)
-        return x
-
+    steps = _peer.steps_workflow(
+        torpor.step(name="step"), torpor.workflow(name="bench.recovery_steps.steps"), _step_body
+    )
     marks["imported"] = time.time()
     marks["launch"] = time.time()
     url = args.url or f"sqlite://{Path(args.dir) / 'torpor.db'}"
@@ -76,19 +82,21 @@ def _torpor(args: argparse.Namespace) -> dict[str, Any]:
     torpor.configure(store=store)
     if args.phase == "run":
         torpor.start(steps, args.total).result(timeout=3600)
-        raise RuntimeError("the run phase finished instead of blocking")
+        _blocked()
     worker = torpor.Worker(store, lease_seconds=args.lease, poll=0.02)
     import threading
 
     threading.Thread(target=worker.run, daemon=True).start()
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        runs = store.list_runs()
-        if runs and runs[0].status.value == "completed":
-            marks["done"] = time.time()
-            break
-        time.sleep(0.005)
-    worker.stop(grace=5)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            runs = store.list_runs()
+            if runs and runs[0].status.value == "completed":
+                _done(runs[0].output, args)
+                break
+            time.sleep(0.005)
+    finally:
+        worker.stop(grace=5)
     return {"version": {"torpor": torpor.__version__}}
 
 
@@ -100,17 +108,7 @@ def _dbos(args: argparse.Namespace) -> dict[str, Any]:
 
     from dbos import DBOS, SetWorkflowID
 
-    @DBOS.step()
-    def step(i: int) -> int:
-        return _step_body(i)
-
-    @DBOS.workflow()
-    def steps(n: int) -> int:
-        x = 0
-        for _ in range(n):
-            x = step(x)
-        return x
-
+    steps = _peer.steps_workflow(DBOS.step(), DBOS.workflow(), _step_body)
     marks["imported"] = time.time()
     marks["launch"] = time.time()
     url = args.url or f"sqlite:///{Path(args.dir) / 'dbos_sys.sqlite'}"
@@ -129,11 +127,8 @@ def _dbos(args: argparse.Namespace) -> dict[str, Any]:
         if args.phase == "run":
             with SetWorkflowID(WORKFLOW_ID):
                 steps(args.total)
-            raise RuntimeError("the run phase finished instead of blocking")
-        result = DBOS.retrieve_workflow(WORKFLOW_ID).get_result()
-        marks["done"] = time.time()
-        if result != args.total:
-            raise RuntimeError(f"recovered workflow returned {result}, not {args.total}")
+            _blocked()
+        _done(DBOS.retrieve_workflow(WORKFLOW_ID).get_result(), args)
     finally:
         DBOS.destroy()
     return {"version": {"dbos": version("dbos")}}
@@ -169,13 +164,11 @@ def _temporal(args: argparse.Namespace) -> dict[str, Any]:
                     task_queue="bench-recovery",
                     task_timeout=timedelta(seconds=args.lease),
                 )
-                raise RuntimeError("the run phase finished instead of blocking")
+                _blocked()
             result = await client.get_workflow_handle(WORKFLOW_ID).result()
-            marks["done"] = time.time()
             if first_new_step:
                 marks["first_new_step"] = first_new_step[0]
-            if result != args.total:
-                raise RuntimeError(f"recovered workflow returned {result}, not {args.total}")
+            _done(result, args)
 
     asyncio.run(main())
     return {"version": {"temporalio": version("temporalio")}}

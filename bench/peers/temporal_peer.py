@@ -19,7 +19,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from datetime import timedelta
@@ -206,17 +205,13 @@ async def _measure(result: _peer.Result, args: Any, workdir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _peer.make_parser(__doc__.splitlines()[0])
     parser.add_argument("--activity", choices=("regular", "local"), default="regular")
-    args = parser.parse_args(argv)
-    result = _peer.Result(
-        peer="temporal",
-        variant="activity" if args.activity == "regular" else "local_activity",
-        backend=args.backend,
-        steps=args.steps,
-        workflows=args.workflows,
-        repeat=args.repeat,
+    return _peer.main(
+        parser,
+        argv,
+        "temporal",
+        lambda args: "activity" if args.activity == "regular" else "local_activity",
+        lambda result, args, workdir: asyncio.run(_measure(result, args, workdir)),
     )
-    with tempfile.TemporaryDirectory(prefix="temporal-bench-", dir=args.dir) as workdir:
-        return _peer.run(result, lambda r: asyncio.run(_measure(r, args, Path(workdir))))
 
 
 if __name__ == "__main__":

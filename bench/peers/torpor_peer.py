@@ -9,7 +9,6 @@ two-step workflows one after the other, each started with `torpor.start` and awa
 from __future__ import annotations
 
 import sys
-import tempfile
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -20,18 +19,7 @@ import torpor
 from torpor import Settings
 from torpor.store import open_store
 
-
-@torpor.step()
-def step(i: int) -> int:
-    return i + 1
-
-
-@torpor.workflow(name="bench.steps_workflow")
-def steps_workflow(n: int) -> int:
-    x = 0
-    for _ in range(n):
-        x = step(x)
-    return x
+steps_workflow = _peer.steps_workflow(torpor.step(), torpor.workflow(name="bench.steps_workflow"))
 
 
 def _call(n: int) -> int:
@@ -76,17 +64,8 @@ def _measure(result: _peer.Result, args: Any, workdir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _peer.make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    result = _peer.Result(
-        peer="torpor",
-        variant="replay",
-        backend=args.backend,
-        steps=args.steps,
-        workflows=args.workflows,
-        repeat=args.repeat,
-    )
-    with tempfile.TemporaryDirectory(prefix="torpor-bench-", dir=args.dir) as workdir:
-        return _peer.run(result, lambda r: _measure(r, args, Path(workdir)))
+    parser = _peer.make_parser(__doc__.splitlines()[0])
+    return _peer.main(parser, argv, "torpor", "replay", _measure)
 
 
 if __name__ == "__main__":
