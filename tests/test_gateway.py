@@ -217,3 +217,52 @@ def test_the_same_workflow_writes_the_same_log_through_either_journal(
 
     assert shape(host.run.id) == shape(direct.id)
     assert [k for k, _ in shape(direct.id)] == ["step", "value", "step", "completed"]
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b'{"op": "park", "deadline": 1e300}\n',
+        b'{"op": "add_timer", "name": "t", "fire_at": Infinity}\n',
+        b'{"op": "add_timer", "name": "t", "fire_at": NaN}\n',
+        b'{"op": "park", "wake_on": {"run": "r-1"}}\n',
+    ],
+)
+def test_times_and_wakes_from_a_sandbox_are_bounded(
+    gateway: tuple[Host, GatewayClient], store: Store, request_bytes: bytes
+) -> None:
+    host, client = gateway
+    reply = _raw(client.path, request_bytes)
+    assert "error" in reply and "bad gateway request" in reply["error"]["message"], reply
+    assert store.get_run(host.run.id).wake_at is None
+
+
+def test_a_non_finite_value_is_refused_as_on_the_replay_road(
+    gateway: tuple[Host, GatewayClient], store: Store
+) -> None:
+    host, client = gateway
+    journal = GatewayJournal(client, host.run)
+    with pytest.raises(torpor.TorporError, match="not JSON"):
+        journal.append("note", {"ratio": float("inf")})
+    assert [e.kind for e in store.read(host.run.id)] == []  # not recorded as null
+
+
+def test_a_fork_sees_the_children_its_source_started_and_only_those(
+    gateway: tuple[Host, GatewayClient], store: Store, tmp_path: Path
+) -> None:
+    host, _ = gateway
+    child = store.create_run("gateway.flow", parent_id=host.run.id, run_id=f"{host.run.id}-1")
+    fork = store.create_run("gateway.flow", forked_from=host.run.id)
+    claimed = store.claim_run("w-test", 30, run_id=fork.id)
+    assert claimed is not None
+    server = GatewayServer(tmp_path / "fork.sock", GatewayService(Host(store, claimed)).handle)
+    server.open()
+    try:
+        # The fork's process is its source's, restored: it asks for the source's child.
+        journal = GatewayJournal(GatewayClient(str(tmp_path / "fork.sock")), host.run)
+        assert journal.child(child.id).id == child.id
+        stranger = store.create_run("gateway.flow")
+        with pytest.raises(RunNotFoundError):
+            journal.child(stranger.id)
+    finally:
+        server.close()

@@ -440,3 +440,70 @@ def test_argument_warning_is_logged_once_across_replays() -> None:
     replayed = replay("golden.order", [*GOLDEN["log"], said], "lamp", 1299)
     assert replayed.result() == GOLDEN["output"]
     assert [e.payload["at"] for e in replayed.appended if e.kind == "warning"] == [3]
+
+
+# -- host calls (what the agent's model calls are) ----------------------------------------
+
+
+class PickyError(Exception):
+    """Like an SDK's errors: its constructor wants more than a message."""
+
+    def __init__(self, message: str, *, response: object) -> None:
+        super().__init__(message)
+        self.response = response
+
+
+def _cancel_then_answer(request: dict) -> str:
+    store = torpor.runtime._process.the_store()
+    store.cancel_run(request["run"])  # a cancel that arrives while the call is in flight
+    return "answer"
+
+
+def _fail_pickily(request: dict) -> str:
+    raise PickyError("overloaded", response={"status": 529})
+
+
+torpor.engine.register_host_call("test.cancel_then_answer", _cancel_then_answer)
+torpor.engine.register_host_call("test.fail_pickily", _fail_pickily)
+
+
+@torpor.workflow()
+def calls_the_host(call: str) -> str:
+    ctx = torpor.engine.current()
+    assert ctx is not None
+    try:
+        answer = ctx.host_step(call, {"run": ctx.run.id}, name="host", kind="model_call", retries=0)
+    except PickyError as exc:  # the live exception, not a recorded copy
+        answer = f"caught {exc.response}"
+    calls["after the host call"] += 1
+    count("after")
+    return str(answer)
+
+
+def test_a_cancel_during_a_host_call_stops_the_run_before_its_next_step() -> None:
+    run = torpor.start(calls_the_host, "test.cancel_then_answer")
+    with pytest.raises(torpor.RunCancelledError):
+        run.result(timeout=30)
+    assert calls["after the host call"] == 1 and calls["after"] == 0
+    assert [e.kind for e in run.log()][-2:] == ["model_call", "cancelled"]
+
+
+def test_a_host_call_raises_its_own_exception_when_it_ran_here() -> None:
+    run = torpor.start(calls_the_host, "test.fail_pickily")
+    assert run.result(timeout=30) == "caught {'status': 529}"
+    recorded = [e.payload for e in run.log() if e.kind == "model_call"]
+    assert recorded[0]["error"]["type"].endswith("PickyError")
+
+
+def test_a_recorded_child_result_replays_without_looking_the_child_up() -> None:
+    def started(pos: int, child_id: str) -> dict:
+        return {"kind": "child", "payload": {"pos": pos, "workflow": child.__module__ + ".child",
+                                              "child": child_id}}  # fmt: skip
+
+    def ended(pos: int, child_id: str, output: int) -> dict:
+        return {"kind": "child_result", "payload": {"pos": pos, "child": child_id,
+                "status": "completed", "output": output, "error": None}}  # fmt: skip
+
+    log = [started(1, "r-1"), started(2, "r-2"), ended(3, "r-1", 6), ended(4, "r-2", 8)]
+    replayed = replay(parent, log, 3)
+    assert replayed.result() == 14, replayed

@@ -25,6 +25,7 @@ from ._engine import encode_input, execute_run
 from ._journal import (
     ChildSpec,
     HostCall,
+    HostCallOutcome,
     Journal,
     lookup_host_call,
     register_host_call,
@@ -56,11 +57,12 @@ from ._steps import (
     workflow,
     workflow_def,
 )
-from ._store_journal import StoreJournal, create_child, end_run
+from ._store_journal import StoreJournal, create_child, end_run, lineage
 
 __all__ = [
     "ChildSpec",
     "HostCall",
+    "HostCallOutcome",
     "Interrupt",
     "Journal",
     "Parked",
@@ -84,6 +86,7 @@ __all__ = [
     "from_json",
     "idempotency_key",
     "in_step",
+    "lineage",
     "load_source",
     "load_workflow_ref",
     "lookup_host_call",

@@ -216,7 +216,11 @@ class WorkflowContext:
                 backoff=backoff, max_backoff=max_backoff, after=self.history.last_seq,
             )  # fmt: skip
             with self.owned_write():
-                payload = self.journal.host_call(spec, before_attempt=self.boundary)
+                outcome = self.journal.host_call(spec, before_attempt=self.boundary)
+            self.cancel_requested = self.cancel_requested or outcome.cancel_requested
+            if outcome.error is not None:
+                raise outcome.error
+            payload = outcome.payload
         else:
             payload = entry.payload
         if "error" in payload:

@@ -22,6 +22,7 @@ __all__ = [
     "ChildSpec",
     "HostCall",
     "HostCallDef",
+    "HostCallOutcome",
     "Journal",
     "lookup_host_call",
     "register_host_call",
@@ -57,6 +58,17 @@ class HostCall:
     backoff: float
     max_backoff: float
     after: int = 0
+
+
+@dataclass(frozen=True)
+class HostCallOutcome:
+    """What a host call recorded (``payload``: its ``result`` or ``error``), whether the run
+    was asked to cancel meanwhile, and, when it ran in this very process, the exception it
+    raised (raised again as itself, not as the recorded copy)."""
+
+    payload: dict[str, Any]
+    cancel_requested: bool = False
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -137,9 +149,8 @@ class Journal(Protocol):
 
     def start_child(self, child: ChildSpec) -> None: ...
 
-    def host_call(self, call: HostCall, before_attempt: Callable[[], None]) -> dict[str, Any]:
-        """Execute ``call`` on the host with its retries, record its outcome; the recorded
-        payload (``result`` or ``error``)."""
+    def host_call(self, call: HostCall, before_attempt: Callable[[], None]) -> HostCallOutcome:
+        """Execute ``call`` on the host with its retries and record its outcome."""
         ...
 
     def end(self, status: RunStatus, *, output: Any = None, error: Any = None) -> bool:

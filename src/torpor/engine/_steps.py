@@ -104,8 +104,9 @@ def execute_host_call(
     *,
     record_retry: Callable[[dict[str, Any]], Any],
     before_attempt: Callable[[], None] = lambda: None,
-) -> dict[str, Any]:
-    """Execute a host call with its retries; the payload to record (``result``/``error``)."""
+) -> tuple[dict[str, Any], BaseException | None]:
+    """Execute a host call with its retries: the payload to record (``result``/``error``),
+    and the exception that ended it, if one did."""
     definition = lookup_host_call(call.call)
     opts = StepOptions(
         name=call.name,
@@ -124,11 +125,11 @@ def execute_host_call(
         before_attempt=before_attempt,
     )
     if exc is not None:
-        return failure_payload(opts, call.pos, attempt, exc)
+        return failure_payload(opts, call.pos, attempt, exc), exc
     payload: dict[str, Any] = {"pos": call.pos, "name": call.name, "result": to_json(result)}
     if attempt > 1:
         payload["attempt"] = attempt
-    return payload
+    return payload, None
 
 
 def _return_annotation(fn: Callable[..., Any]) -> Any:

@@ -16,10 +16,10 @@ from .._model import Event, LogEntry, RunRecord, RunStatus
 from ..log import wait_is_over
 from ..store import Appended, Store
 from ._context import Parked
-from ._journal import ChildSpec, HostCall
+from ._journal import ChildSpec, HostCall, HostCallOutcome
 from ._steps import execute_host_call
 
-__all__ = ["StoreJournal", "create_child", "end_run"]
+__all__ = ["StoreJournal", "create_child", "end_run", "lineage"]
 
 log = logging.getLogger("torpor.worker")
 
@@ -86,13 +86,17 @@ class StoreJournal:
         create_child(self.store, self.run, child)
         self.spawn(child.run_id)
 
-    def host_call(self, call: HostCall, before_attempt: Callable[[], None]) -> dict[str, Any]:
-        payload = execute_host_call(
-            call, record_retry=lambda retry: self.append("step_retry", retry),
-            before_attempt=before_attempt,
-        )  # fmt: skip
-        self.append(call.kind, payload)
-        return payload
+    def host_call(self, call: HostCall, before_attempt: Callable[[], None]) -> HostCallOutcome:
+        cancel: list[bool] = []
+
+        def record_retry(retry: dict[str, Any]) -> None:
+            cancel.append(self.append("step_retry", retry).cancel_requested)
+
+        payload, error = execute_host_call(
+            call, record_retry=record_retry, before_attempt=before_attempt
+        )
+        cancel.append(self.append(call.kind, payload).cancel_requested)
+        return HostCallOutcome(payload, any(cancel), error)
 
     def end(self, status: RunStatus, *, output: Any = None, error: Any = None) -> bool:
         return end_run(self.store, self.run, status, output=output, error=error)
@@ -105,10 +109,24 @@ class StoreJournal:
             )  # fmt: skip
 
 
+def lineage(store: Store, run: RunRecord) -> set[str]:
+    """The run and the runs it was forked from: a fork restored from a snapshot goes on as
+    its source did, and a child its source started before the snapshot is its child too."""
+    ids = {run.id}
+    source = run.forked_from
+    while source is not None and source not in ids and len(ids) < 100:
+        ids.add(source)
+        try:
+            source = store.get_run(source).forked_from
+        except RunNotFoundError:
+            break
+    return ids
+
+
 def create_child(store: Store, parent: RunRecord, child: ChildSpec) -> None:
     """Create the child run unless it exists: a replay after a crash between creating the
-    child and recording it finds the same child. An existing run of that id that is not
-    this parent's child is refused (as not found)."""
+    child and recording it finds the same child. An existing run of that id that is no
+    child of the parent's `lineage` is refused (as not found)."""
     try:
         found = store.get_run(child.run_id)
     except RunNotFoundError:
@@ -118,7 +136,7 @@ def create_child(store: Store, parent: RunRecord, child: ChildSpec) -> None:
             source=child.source,
         )  # fmt: skip
         return
-    if found.parent_id != parent.id:
+    if found.parent_id not in lineage(store, parent):
         raise RunNotFoundError(child.run_id)
 
 

@@ -34,7 +34,9 @@ class GatewayClient:
 
     def call(self, op: Op) -> Any:
         """Send ``op``; its result, or its error raised as the worker raised it."""
-        request = op.model_dump(mode="json")
+        # Python mode: a JSON mode dump would turn NaN and infinities into null silently;
+        # sent as they are, the worker refuses them as the replay road's store does.
+        request = op.model_dump()
         while True:
             reply = self._exchange(request)
             stop = reply.get("stop")

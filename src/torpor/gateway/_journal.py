@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .._model import Event, LogEntry, RunRecord, RunStatus
-from ..engine import ChildSpec, HostCall
+from ..engine import ChildSpec, HostCall, HostCallOutcome
 from ..store import Appended
 from ._client import GatewayClient
 from ._ops import (
@@ -97,7 +97,7 @@ class GatewayJournal:
             )
         )  # fmt: skip
 
-    def host_call(self, call: HostCall, before_attempt: Callable[[], None]) -> dict[str, Any]:
+    def host_call(self, call: HostCall, before_attempt: Callable[[], None]) -> HostCallOutcome:
         result: dict[str, Any] = self.client.call(
             CallHost(
                 pos=call.pos, name=call.name, kind=call.kind, call=call.call,
@@ -105,7 +105,7 @@ class GatewayJournal:
                 max_backoff=call.max_backoff, after=call.after,
             )
         )  # fmt: skip
-        return result
+        return HostCallOutcome(result["payload"], bool(result["cancel_requested"]))
 
     def end(self, status: RunStatus, *, output: Any = None, error: Any = None) -> bool:
         end = End.model_validate({"status": status.value, "output": output, "error": error})

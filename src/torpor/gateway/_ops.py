@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .._errors import TorporError
 from .._model import Road
@@ -36,6 +36,15 @@ __all__ = [
 
 _Name = Annotated[str, Field(min_length=1, max_length=200)]
 _Seq = Annotated[int, Field(ge=0)]
+# A moment as seconds since the epoch, finite and before the year 5000.
+_Time = Annotated[float, Field(ge=0, le=95_617_584_000, allow_inf_nan=False)]
+
+
+def _wakes(wake_on: dict[str, str]) -> dict[str, str]:
+    unknown = set(wake_on) - {"event", "child"}
+    if unknown:
+        raise ValueError(f"a wait wakes on an event or a child, not {sorted(unknown)}")
+    return wake_on
 
 
 class GatewayRequestError(TorporError):
@@ -91,7 +100,7 @@ class ConsumeEvent(Op):
 class AddTimer(Op):
     op: Literal["add_timer"] = "add_timer"
     name: _Name
-    fire_at: float
+    fire_at: _Time
 
 
 class GetChild(Op):
@@ -129,8 +138,8 @@ class Park(Op):
     """A wait: held until something may have changed, or the sandbox is suspended."""
 
     op: Literal["park"] = "park"
-    deadline: float | None = None
-    wake_on: dict[str, str] = Field(default_factory=dict)
+    deadline: _Time | None = None
+    wake_on: Annotated[dict[str, _Name], AfterValidator(_wakes)] = Field(default_factory=dict)
 
 
 class End(Op):

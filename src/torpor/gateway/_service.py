@@ -16,7 +16,15 @@ from typing import Any, Protocol
 
 from .._errors import FencedError, RunNotFoundError, StoreUnavailableError, TorporError
 from .._model import RunRecord, RunStatus
-from ..engine import ChildSpec, HostCall, create_child, encode_error, end_run, execute_host_call
+from ..engine import (
+    ChildSpec,
+    HostCall,
+    create_child,
+    encode_error,
+    end_run,
+    execute_host_call,
+    lineage,
+)
 from ..log import recorded_since
 from ..store import Appended, Store
 from ._ops import (
@@ -79,6 +87,13 @@ class SandboxHost(Protocol):
         """The store could not be reached: whether a write landed is unknown."""
 
 
+def _error(exc: BaseException) -> dict[str, Any]:
+    """An error for the sandbox: its type, message and fields, not the worker's traceback."""
+    encoded = encode_error(exc)
+    encoded.pop("traceback", None)
+    return encoded
+
+
 def _appended(appended: Appended) -> dict[str, Any]:
     return {"seq": appended.seq, "cancel_requested": appended.cancel_requested}
 
@@ -88,6 +103,7 @@ class GatewayService:
 
     def __init__(self, host: SandboxHost) -> None:
         self.host = host
+        self._lineage: set[str] | None = None
         self._handlers: dict[type[Op], Callable[[Any, int], Reply]] = {
             Hello: self._hello,
             Read: self._read,
@@ -99,7 +115,7 @@ class GatewayService:
             GetChild: self._get_child,
             StartChild: self._start_child,
             CallHost: self._call_host,
-            Park: lambda op, peer: host.at_park(op.deadline, op.wake_on, peer),
+            Park: self._park,
             End: self._end,
             Exit: self._exit,
         }
@@ -119,17 +135,17 @@ class GatewayService:
             op = parse_request(request)
         except GatewayRequestError as exc:
             log.warning("run %s: %s", self._run.id, exc.message)
-            return {"error": encode_error(exc)}, None
+            return {"error": _error(exc)}, None
         try:
             reply = self._handlers[type(op)](op, peer)
         except FencedError as exc:
             self.host.lost()
-            return {"error": encode_error(exc)}, None
+            return {"error": _error(exc)}, None
         except StoreUnavailableError as exc:
             self.host.unreachable(exc)
-            return {"error": encode_error(exc)}, None
+            return {"error": _error(exc)}, None
         except TorporError as exc:
-            return {"error": encode_error(exc)}, None
+            return {"error": _error(exc)}, None
         wire: dict[str, Any] = {"result": reply.result}
         if reply.stop is not None:
             wire["stop"] = reply.stop
@@ -177,9 +193,11 @@ class GatewayService:
         return Reply(None)
 
     def _child(self, run_id: str) -> RunRecord:
-        """A child of this run: a sandbox sees no other run."""
+        """A child of this run (or of a run it was forked from): a sandbox sees no other."""
         record = self._store.get_run(run_id)
-        if record.parent_id != self._run.id:
+        if self._lineage is None:
+            self._lineage = lineage(self._store, self._run)
+        if record.parent_id not in self._lineage:
             raise RunNotFoundError(run_id)
         return record
 
@@ -196,16 +214,22 @@ class GatewayService:
         run = self._run
         answered = recorded_since(self._store.read(run.id, after=op.after), op.kind, op.pos)
         if answered is not None:
-            return Reply(answered.payload)
+            return Reply({"payload": answered.payload, "cancel_requested": False})
+        cancel: list[bool] = []
+
+        def record(kind: str, payload: dict[str, Any]) -> None:
+            appended = self._store.append_owned(run.id, kind, payload, epoch=run.epoch)
+            cancel.append(appended.cancel_requested)
+
         call = HostCall(**op.model_dump(exclude={"op"}))
-        payload = execute_host_call(
-            call,
-            record_retry=lambda retry: self._store.append(
-                run.id, "step_retry", retry, epoch=run.epoch
-            ),
-        )
-        self._store.append(run.id, op.kind, payload, epoch=run.epoch)
-        return Reply(payload)
+        payload, _ = execute_host_call(call, record_retry=lambda retry: record("step_retry", retry))
+        record(op.kind, payload)
+        return Reply({"payload": payload, "cancel_requested": any(cancel)})
+
+    def _park(self, op: Park, peer: int) -> Reply:
+        if "child" in op.wake_on:
+            self._child(op.wake_on["child"])  # a sandbox waits only for its own children
+        return self.host.at_park(op.deadline, op.wake_on, peer)
 
     def _end(self, op: End, peer: int) -> Reply:
         if not end_run(self._store, self._run, RunStatus(op.status), output=op.output,

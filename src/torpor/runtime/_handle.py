@@ -7,7 +7,7 @@ import time
 import typing
 from typing import Any
 
-from .._errors import RunCancelledError, RunFailedError
+from .._errors import RunCancelledError, RunFailedError, TorporError
 from .._model import LogEntry, RunRecord, RunStatus
 from ..engine import current, from_json, in_step, lookup_workflow
 from ..store import Store
@@ -92,6 +92,7 @@ class Run:
             payload = {
                 "pos": pos,
                 "child": self.id,
+                "workflow": record.workflow,
                 "status": record.status.value,
                 "output": record.output,
                 "error": record.error,
@@ -99,9 +100,17 @@ class Run:
             ctx.record("child_result", payload)
         else:
             payload = entry.payload
-        return _outcome(
-            ctx.journal.child(self.id), status=RunStatus(payload["status"]), payload=payload
-        )
+        # Answered from the log: no need to look the child up (a replay may not be able to).
+        workflow = payload.get("workflow")
+        if workflow is None:  # recorded before the entry named it: only for the return type
+            try:
+                workflow = ctx.journal.child(self.id).workflow
+            except TorporError:
+                workflow = None
+        return _result(
+            self.id, RunStatus(payload["status"]), payload.get("output"), payload.get("error"),
+            workflow,
+        )  # fmt: skip
 
 
 def _claimable(record: RunRecord) -> bool:
@@ -113,17 +122,16 @@ def _claimable(record: RunRecord) -> bool:
     return record.status in (RunStatus.WAITING, RunStatus.SUSPENDED) and due
 
 
-def _outcome(
-    record: RunRecord, *, status: RunStatus | None = None, payload: dict[str, Any] | None = None
-) -> Any:
-    status = status or record.status
-    output = record.output if payload is None else payload.get("output")
-    error = record.error if payload is None else payload.get("error")
+def _outcome(record: RunRecord) -> Any:
+    return _result(record.id, record.status, record.output, record.error, record.workflow)
+
+
+def _result(run_id: str, status: RunStatus, output: Any, error: Any, workflow: str | None) -> Any:
     if status is RunStatus.COMPLETED:
-        return from_json(output, _return_type(record.workflow))
+        return from_json(output, None if workflow is None else _return_type(workflow))
     if status is RunStatus.CANCELLED:
-        raise RunCancelledError(record.id)
-    raise RunFailedError(record.id, error)
+        raise RunCancelledError(run_id)
+    raise RunFailedError(run_id, error)
 
 
 def _return_type(workflow: str) -> Any:

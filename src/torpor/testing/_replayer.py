@@ -15,6 +15,7 @@ from .._model import Event, LogEntry, Road, RunRecord, RunStatus
 from ..engine import (
     ChildSpec,
     HostCall,
+    HostCallOutcome,
     Parked,
     decode_error,
     encode_input,
@@ -104,7 +105,7 @@ class _MemoryJournal:
     def start_child(self, child: ChildSpec) -> None:
         raise UnrecordedCallError(f"started a child run of {child.workflow}")
 
-    def host_call(self, call: HostCall, before_attempt: Callable[[], None]) -> dict[str, Any]:
+    def host_call(self, call: HostCall, before_attempt: Callable[[], None]) -> HostCallOutcome:
         raise UnrecordedCallError(f"made host call `{call.name}` at position {call.pos}")
 
     def end(self, status: RunStatus, *, output: Any = None, error: Any = None) -> bool:
