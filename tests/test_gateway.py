@@ -266,3 +266,64 @@ def test_a_fork_sees_the_children_its_source_started_and_only_those(
             journal.child(stranger.id)
     finally:
         server.close()
+
+
+def _old_runner(path: str, request: dict) -> dict:
+    """One request as torpor 0.1's runner sends it (a process restored from its snapshot)."""
+    return _raw(path, json.dumps(request).encode() + b"\n")
+
+
+def test_a_process_restored_from_a_torpor_0_1_snapshot_is_still_answered(
+    gateway: tuple[Host, GatewayClient], store: Store
+) -> None:
+    host, client = gateway
+    run_id = host.run.id
+    appended = _old_runner(client.path, {"op": "append", "kind": "note", "payload": {"n": 1},
+                                         "expected_seq": None})  # fmt: skip
+    assert appended["result"]["seq"] == 1
+    safe = _old_runner(client.path, {"op": "safepoint", "pos": 1})
+    assert safe["result"] == "passed"
+    step = {"pos": 1, "name": "double", "result": 6}
+    first = _old_runner(client.path, {"op": "append", "kind": "step", "payload": step,
+                                      "once_after": 1})  # fmt: skip
+    again = _old_runner(client.path, {"op": "append", "kind": "step", "payload": step,
+                                      "once_after": 1})  # fmt: skip
+    assert first["result"]["seq"] == again["result"]["seq"] == 2  # recorded once
+    created = _old_runner(client.path, {"op": "create_run", "workflow": "gateway.flow",
+                                        "road": "replay", "input": {"args": [1], "kwargs": {}},
+                                        "queue": "default", "priority": 0, "parent_id": run_id,
+                                        "run_id": f"{run_id}-2", "source": {}})  # fmt: skip
+    old_form = created["result"]  # 0.1's runner rebuilds it with RunRecord(**...)
+    old_form.update(road=torpor.Road(old_form["road"]), status=RunStatus(old_form["status"]))
+    assert RunRecord(**old_form).parent_id == run_id
+    assert _old_runner(client.path, {"op": "spawn", "run_id": f"{run_id}-2"})["result"] is None
+    assert host.happened == [f"spawn {run_id}-2"]
+    timer = _old_runner(client.path, {"op": "add_timer", "name": "sleep@3", "fire_at": 2e9})
+    assert isinstance(timer["result"]["id"], int)
+    model = _old_runner(client.path, {
+        "op": "model", "pos": 4, "name": "model", "kind": "model_call", "after": 2,
+        "request": {"provider": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1",
+                    "max_tokens": 16, "retries": 0, "system": "", "items": [], "tools": []},
+    })  # fmt: skip
+    assert model["result"]["pos"] == 4 and "error" in model["result"]  # nothing listens there
+    ended = _old_runner(client.path, {"op": "update_run", "run_id": run_id, "status": "completed",
+                                      "output": 12, "error": None,
+                                      "entry": ["completed", {}]})  # fmt: skip
+    assert ended["result"]["id"] == run_id and isinstance(ended["result"]["created_at"], float)
+    assert store.get_run(run_id).status is RunStatus.COMPLETED
+    assert store.get_run(run_id).output == 12 and "ended" in host.happened
+    kinds = [e.kind for e in store.read(run_id)]
+    assert kinds == ["note", "step", "model_call", "completed"]
+
+
+def test_a_torpor_0_1_process_gets_its_fenced_error_in_its_own_form(
+    gateway: tuple[Host, GatewayClient], store: Store
+) -> None:
+    host, client = gateway
+    store.update_run(host.run.id, host.run.epoch, status=RunStatus.QUEUED, release=True)
+    taken = store.claim_run("w-other", 30, run_id=host.run.id)
+    assert taken is not None
+    reply = _old_runner(client.path, {"op": "append", "kind": "note", "payload": {},
+                                      "expected_seq": None})  # fmt: skip
+    assert reply["error"] == {"type": "FencedError", "run_id": host.run.id,
+                              "epoch": host.run.epoch, "current": taken.epoch}  # fmt: skip

@@ -27,6 +27,7 @@ from ..engine import (
 )
 from ..log import recorded_since
 from ..store import Appended, Store
+from ._legacy import from_legacy, is_legacy, legacy_error, legacy_reply
 from ._ops import (
     AddTimer,
     Append,
@@ -131,21 +132,30 @@ class GatewayService:
     def handle(
         self, request: dict[str, Any], peer: int
     ) -> tuple[dict[str, Any], Callable[[], None] | None]:
+        legacy = is_legacy(request)  # a process restored from a torpor 0.1 snapshot
+        errors = legacy_error if legacy else _error
         try:
-            op = parse_request(request)
+            op = parse_request(from_legacy(request) if legacy else request)
         except GatewayRequestError as exc:
             log.warning("run %s: %s", self._run.id, exc.message)
-            return {"error": _error(exc)}, None
+            return {"error": errors(exc)}, None
         try:
             reply = self._handlers[type(op)](op, peer)
+            if legacy:
+                named = request.get("run_id")
+                child = None
+                if request.get("op") in ("get_run", "create_run") and isinstance(named, str):
+                    child = self._child(named)
+                reply = Reply(legacy_reply(request, reply.result, self._run, child), reply.stop,
+                              reply.then)  # fmt: skip
         except FencedError as exc:
             self.host.lost()
-            return {"error": _error(exc)}, None
+            return {"error": errors(exc)}, None
         except StoreUnavailableError as exc:
             self.host.unreachable(exc)
-            return {"error": _error(exc)}, None
+            return {"error": errors(exc)}, None
         except TorporError as exc:
-            return {"error": _error(exc)}, None
+            return {"error": errors(exc)}, None
         wire: dict[str, Any] = {"result": reply.result}
         if reply.stop is not None:
             wire["stop"] = reply.stop
@@ -189,8 +199,8 @@ class GatewayService:
         )  # fmt: skip
 
     def _add_timer(self, op: AddTimer, peer: int) -> Reply:
-        self._store.add_timer(self._run.id, op.name, op.fire_at)
-        return Reply(None)
+        timer = self._store.add_timer(self._run.id, op.name, op.fire_at)
+        return Reply({"id": timer.id})
 
     def _child(self, run_id: str) -> RunRecord:
         """A child of this run (or of a run it was forked from): a sandbox sees no other."""
