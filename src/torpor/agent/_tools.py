@@ -16,8 +16,8 @@ from typing import Any
 import pydantic
 
 from .._errors import TorporError
-from ..engine._primitives import sleep as durable_sleep
-from ..engine._primitives import wait_for_event
+from ..engine import sleep as durable_sleep
+from ..engine import wait_for_event
 from ._items import ToolSpec
 
 __all__ = ["BUILTIN_TOOLS", "Tool", "ToolOutcome", "current_workspace", "tool"]

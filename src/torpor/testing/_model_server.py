@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
-from ..agent._items import (
+from ..agent import (
     AssistantText,
     Item,
     ItemFormatError,
@@ -45,8 +45,6 @@ from ..agent._items import (
     ToolResult,
     ToolSpec,
     Usage,
-)
-from ..agent._wire import (
     anthropic_response,
     items_from_anthropic_request,
     items_from_openai_request,
