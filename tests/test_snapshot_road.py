@@ -17,7 +17,7 @@ from _criu_fixtures import criu  # noqa: F401 - fails or skips when CRIU is miss
 from conftest import Cli
 from torpor import RunRecord, RunStatus
 from torpor.store import Store
-from torpor.testing import WorkerGroup, process_tree, tree_rss_mb, wait_until
+from torpor.testing import WorkerGroup, WorkerProcess, process_tree, tree_rss_mb, wait_until
 
 pytestmark = [pytest.mark.criu, pytest.mark.usefixtures("criu")]
 
@@ -49,8 +49,19 @@ def _kinds(store: Store, run_id: str) -> list[str]:
     return [e.kind for e in store.read(run_id)]
 
 
-def _reach(store: Store, run_id: str, status: RunStatus) -> None:
+def _run_until(
+    cli: Cli,
+    workers: WorkerGroup,
+    store: Store,
+    target: str,
+    args: list[object],
+    status: RunStatus = RunStatus.SUSPENDED,
+) -> tuple[str, WorkerProcess]:
+    """A run of ``target`` and a worker for it, once the run is ``status``."""
+    run_id = _start(cli, target, args)
+    worker = workers.start()
     _until(lambda: store.get_run(run_id).status is status, f"{run_id} to be {status.value}")
+    return run_id, worker
 
 
 def _ended(store: Store, run_id: str, timeout: float = 120) -> RunRecord:
@@ -78,9 +89,7 @@ def _sandbox_processes(home: str) -> list[int]:
 def test_a_waiting_run_is_suspended_and_its_event_restores_it(
     workers: WorkerGroup, cli: Cli, store: Store
 ) -> None:
-    run_id = _start(cli, "memory_and_wait", [3])
-    workers.start()
-    _reach(store, run_id, RunStatus.SUSPENDED)
+    run_id, _ = _run_until(cli, workers, store, "memory_and_wait", [3])
     # Suspended: no process, no lease; a snapshot at the wait holds its state.
     assert not _sandbox_processes(cli.env["TORPOR_HOME"])
     record = store.get_run(run_id)
@@ -104,9 +113,7 @@ def test_a_waiting_run_is_suspended_and_its_event_restores_it(
 def test_sleep_suspends_and_survives_a_worker_restart(
     workers: WorkerGroup, cli: Cli, store: Store
 ) -> None:
-    run_id = _start(cli, "sleeper", [10])
-    first = workers.start()
-    _reach(store, run_id, RunStatus.SUSPENDED)
+    run_id, first = _run_until(cli, workers, store, "sleeper", [10])
     first.kill()
     workers.start()
     done = _ended(store, run_id)
@@ -121,9 +128,7 @@ def test_sleep_suspends_and_survives_a_worker_restart(
 def test_sigterm_releases_the_run_with_a_snapshot_and_another_worker_finishes_it(
     workers: WorkerGroup, cli: Cli, store: Store
 ) -> None:
-    run_id = _start(cli, "long_step", [4])
-    first = workers.start()
-    _reach(store, run_id, RunStatus.RUNNING)
+    run_id, first = _run_until(cli, workers, store, "long_step", [4], RunStatus.RUNNING)
     time.sleep(2.5)  # well inside the 4-second step
     assert first.stop(timeout=60) == 0, first.log()
     record = store.get_run(run_id)
@@ -138,9 +143,7 @@ def test_sigterm_releases_the_run_with_a_snapshot_and_another_worker_finishes_it
 def test_fork_from_a_snapshot_leaves_the_parent_alone(
     workers: WorkerGroup, cli: Cli, store: Store
 ) -> None:
-    parent = _start(cli, "memory_and_wait", [2])
-    workers.start()
-    _reach(store, parent, RunStatus.SUSPENDED)
+    parent, _ = _run_until(cli, workers, store, "memory_and_wait", [2])
     (snap,) = store.list_snapshots(parent)
     child = cli.ok("fork", parent, "--at", snap.id, "--detach")
     record = store.get_run(child)
@@ -165,9 +168,7 @@ def test_fork_from_a_snapshot_leaves_the_parent_alone(
 def test_snapshot_now_checkpoints_a_running_run(
     workers: WorkerGroup, cli: Cli, store: Store
 ) -> None:
-    run_id = _start(cli, "long_step", [6])
-    workers.start()
-    _reach(store, run_id, RunStatus.RUNNING)
+    run_id, _ = _run_until(cli, workers, store, "long_step", [6], RunStatus.RUNNING)
     time.sleep(1.5)
     made = cli.ok("snapshot", run_id)
     (snap,) = store.list_snapshots(run_id)
@@ -325,9 +326,7 @@ def test_a_snapshot_over_another_base_root_is_refused_and_nothing_is_lost(
     lib = deps / "libz-copy.so"
     shutil.copy2("/usr/lib/x86_64-linux-gnu/libz.so.1", lib)
     cli.env["PYTHONPATH"] = str(deps)  # shared with the sandbox, as a venv would be
-    run_id = _start(cli, "mapped_library", [str(lib)])
-    workers.start()
-    _reach(store, run_id, RunStatus.SUSPENDED)
+    run_id, _ = _run_until(cli, workers, store, "mapped_library", [str(lib)])
     (snap,) = store.list_snapshots(run_id)
 
     original = lib.read_bytes(), lib.stat().st_mtime_ns
@@ -350,9 +349,7 @@ def test_a_snapshot_over_another_base_root_is_refused_and_nothing_is_lost(
 def test_resume_from_an_older_snapshot_rolls_the_run_back(
     workers: WorkerGroup, cli: Cli, store: Store
 ) -> None:
-    run_id = _start(cli, "rollback_flow", [])
-    workers.start()
-    _reach(store, run_id, RunStatus.SUSPENDED)
+    run_id, _ = _run_until(cli, workers, store, "rollback_flow", [])
     store.send_event(run_id, "go", "once")
     first = _ended(store, run_id)
     assert first.output == {"first": 1, "second": 2, "got": "once", "steps": ["1", "2"]}
