@@ -29,6 +29,7 @@ from torpor import (
     RunStatus,
     Settings,
     TorporError,
+    __version__,
 )
 from torpor._logging import JsonFormatter
 from torpor.server import load_or_create_token
@@ -68,7 +69,7 @@ def test_authentication_is_required(live: Live) -> None:
         assert raw.get("/v1/runs", headers=AUTH).status_code == 200
         assert raw.get("/v1/runs", headers={"Authorization": f"bearer  {TOKEN}"}).is_success
         # Health and the schema need no token.
-        assert raw.get("/healthz").json() == {"status": "ok", "version": "0.1.0"}
+        assert raw.get("/healthz").json() == {"status": "ok", "version": __version__}
         schema = raw.get("/openapi.json").json()
         assert "/v1/runs/{run_id}/log/stream" in schema["paths"]
         assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"

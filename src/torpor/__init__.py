@@ -5,7 +5,7 @@ The public API is what ``__all__`` lists; everything in ``_private`` modules may
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from typing import TYPE_CHECKING, Any
 
