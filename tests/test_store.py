@@ -313,7 +313,7 @@ def test_rollback_fences_the_old_timeline_and_redelivers_events(store: Store) ->
 def test_failures_are_counted_since_the_last_progress(store: Store) -> None:
     """Three failures of torpor's own in a row fail a run; claims do not count (a run woken
     ten times is not closer to failing)."""
-    from torpor.runtime._failures import failures_in_a_row
+    from torpor.log import failures_in_a_row
 
     run = store.create_run("app:wf")
     for _ in range(10):  # ten wakes, each making progress
