@@ -503,3 +503,12 @@ def test_timers_and_events_due_while_no_worker_runs_are_delivered_after_one_star
         assert workers.stop_all() == [0, 0, 0]
     finally:
         store.close()
+
+
+def test_a_worker_stopped_while_it_starts_up_still_stops_cleanly(tmp_path: Path) -> None:
+    """A worker told to stop before it got as far as claiming (a test or a deploy that stops
+    it at once) exits 0, not killed by the SIGTERM it could not yet handle."""
+    env = torpor_env(f"sqlite://{tmp_path / 'db'}", tmp_path / "home")
+    worker = WorkerProcess(env=env, log=tmp_path / "worker.log")
+    assert worker.stop(timeout=60) == 0, worker.log()
+    assert "stopping: 0 run(s) in flight" in worker.log()

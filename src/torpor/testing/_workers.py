@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Self, TypedDict, Unpack
@@ -77,6 +78,8 @@ class WorkerProcess(_Closing):
         self.grace = grace
         self._terminated = False
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Where this worker's own lines begin (a log may be shared with earlier workers).
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as out:  # the child holds its own descriptor
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "torpor", "worker", *args],
@@ -154,10 +157,27 @@ class WorkerProcess(_Closing):
         if self.process.returncode is None:
             self.stop(self.grace)
 
+    def ready(self, timeout: float = 60.0) -> bool:
+        """Wait until it says it is claiming (its signal handlers are in place), or it ended;
+        whether it did say so within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError), open(self.log_path, "rb") as f:
+                f.seek(self._log_start)
+                if any(line.startswith(b"worker ") for line in f):
+                    return True
+            if self.process.poll() is not None:
+                return False
+            time.sleep(0.02)
+        return False
+
     def _terminate(self) -> None:
         # Once only: a worker exits at once, without releasing its runs, on a second signal.
         if not self._terminated:
             self._terminated = True
+            # A worker still importing dies of SIGTERM instead of stopping cleanly: on a
+            # loaded machine the runs may all have ended before a new worker got that far.
+            self.ready()
             self.send_signal(signal.SIGTERM)
             self.send_signal(signal.SIGCONT)  # a paused process acts on SIGTERM only then
 
