@@ -8,10 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Self, TypedDict, Unpack
+
+from ._wait import wait_until
 
 __all__ = ["WorkerGroup", "WorkerProcess"]
 
@@ -160,15 +161,18 @@ class WorkerProcess(_Closing):
     def ready(self, timeout: float = 60.0) -> bool:
         """Wait until it says it is claiming (its signal handlers are in place), or it ended;
         whether it did say so within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(FileNotFoundError), open(self.log_path, "rb") as f:
-                f.seek(self._log_start)
-                if any(line.startswith(b"worker ") for line in f):
-                    return True
-            if self.process.poll() is not None:
-                return False
-            time.sleep(0.02)
+        try:
+            wait_until(lambda: self._claiming() or self.process.poll() is not None,
+                       "the worker to start claiming", timeout=timeout, interval=0.02)  # fmt: skip
+        except TimeoutError:
+            return False
+        return self._claiming()
+
+    def _claiming(self) -> bool:
+        # Its own lines only: the log may be shared with earlier workers.
+        with contextlib.suppress(FileNotFoundError), open(self.log_path, "rb") as f:
+            f.seek(self._log_start)
+            return any(line.startswith(b"worker ") for line in f)
         return False
 
     def _terminate(self) -> None:
