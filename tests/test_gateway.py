@@ -35,6 +35,7 @@ from torpor.gateway import (
     GatewayService,
     Reply,
 )
+from torpor.testing import wait_until
 
 
 @torpor.step()
@@ -327,3 +328,21 @@ def test_a_torpor_0_1_process_gets_its_fenced_error_in_its_own_form(
                                       "expected_seq": None})  # fmt: skip
     assert reply["error"] == {"type": "FencedError", "run_id": host.run.id,
                               "epoch": host.run.epoch, "current": taken.epoch}  # fmt: skip
+
+
+def test_closing_the_gateway_ends_its_listening_thread(store: Store, tmp_path: Path) -> None:
+    """A checkpoint quiesces the gateway and reopens it: each time, the thread that accepted
+    calls must end, or a long-lived worker gathers one per checkpoint."""
+    run = store.create_run("gateway.flow")
+    server = GatewayServer(tmp_path / "g.sock", GatewayService(Host(store, run)).handle)
+    before = {t for t in threading.enumerate() if t.name == "torpor-gateway"}
+    server.open()
+    for _ in range(5):
+        assert server.quiesce(timeout=5)
+        server.reopen()
+    server.close()
+    wait_until(
+        lambda: not {t for t in threading.enumerate() if t.name == "torpor-gateway"} - before,
+        "the gateway's threads to end",
+        timeout=10,
+    )

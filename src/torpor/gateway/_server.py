@@ -114,6 +114,10 @@ class GatewayServer:
             self.quiescing.set()
             listener, self._listener = self._listener, None
         if listener is not None:
+            # Closing alone does not wake a thread blocked in accept(): it would stay, one
+            # per checkpoint, for the worker's life. Shutting the socket down does.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
             self._unlink_own()
         with self._idle:
