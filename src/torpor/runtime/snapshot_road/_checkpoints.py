@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..._config import Settings
 from ..._errors import FencedError, RunStateError, StoreUnavailableError, TorporError
@@ -27,8 +27,10 @@ from ..._model import Road, RunRecord, RunStatus, SnapshotRecord
 from ...gateway import GatewayServer
 from ...log import wait_is_over
 from ...sandbox import Sandbox, process_state, tree_processes
-from ...snapshots import SnapshotStore
 from ...store import Store
+
+if TYPE_CHECKING:
+    from ...snapshots import SnapshotStore
 
 __all__ = ["CHECKPOINT_EVENT", "Checkpointer", "checkpoint_now"]
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..._config import Settings
 from ..._errors import FencedError, RunNotFoundError, StoreUnavailableError, TorporError
@@ -44,10 +44,12 @@ from ...sandbox import (
     read_sandbox_meta,
     remove_orphans,
 )
-from ...snapshots import SnapshotNotFoundError, SnapshotStore
 from ...store import Store
 from ._checkpoints import Checkpointer
-from ._restore import Restored, restore_latest
+
+if TYPE_CHECKING:
+    from ...snapshots import SnapshotStore
+    from ._restore import Restored
 
 __all__ = ["SnapshotRoadRun"]
 
@@ -77,6 +79,9 @@ class SnapshotRoadRun:
     _done: threading.Event = field(default_factory=threading.Event)
 
     def execute(self) -> RunStatus | None:
+        # Loaded here, not with torpor: see the package's __getattr__.
+        from ...snapshots import SnapshotNotFoundError, SnapshotStore
+
         snapshots = SnapshotStore.from_settings(self.store, self.settings)
         _remove_orphans(self.settings)
         restored: Restored | None = None
@@ -125,6 +130,8 @@ class SnapshotRoadRun:
         or paused past it: alive, so not an orphan). This worker holds the run now: that
         copy is killed, and the snapshot restored under a new sandbox id, since the old
         worker, should it go on, still owns the old id's directory and gateway socket."""
+        from ._restore import restore_latest
+
         skip = abandoned_snapshots(self.store.read(self.run.id))
         try:
             return restore_latest(snapshots, self.run.id, settings=self.settings, skip=skip)
