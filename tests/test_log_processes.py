@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from torpor.store import Store, open_store
+from torpor.testing import wait_until
 
 APPENDER = str(Path(__file__).with_name("_appender.py"))
 
@@ -59,7 +60,8 @@ def test_eight_processes_with_expected_seq_give_dense_unique_seqs(store: Store) 
 @pytest.mark.parametrize("kill_after", [0.3, 1.0])
 def test_sigkill_mid_burst_leaves_complete_dense_log(store: Store, kill_after: float) -> None:
     run = store.create_run("app:wf")
-    proc = _start(store.url, run.id, "burst", "burst")
+    app = f"torpor-burst-{run.id}"
+    proc = _start(store.url, run.id, "burst", "burst", PGAPPNAME=app)
     assert proc.stdout is not None
     first = proc.stdout.readline()  # it is appending
     assert first.strip() == "1", proc.stderr.read() if proc.stderr else ""
@@ -69,6 +71,11 @@ def test_sigkill_mid_burst_leaves_complete_dense_log(store: Store, kill_after: f
     acknowledged = [int(x) for x in [first, *proc.stdout.read().split()] if str(x).strip()]
     proc.stdout.close()
     proc.stderr.close()  # type: ignore[union-attr]
+    if store.url.startswith("postgres"):
+        # PostgreSQL finishes a killed client's COMMIT if it had already been sent: wait for
+        # the server to end that session before reading, or the append in flight may land
+        # between the read and the check below.
+        _wait_for_sessions_to_end(store.url, app)
     payloads = _assert_intact_and_dense(store, run.id)
     # Every append the process saw committed is there; at most the one in flight is not.
     assert len(payloads) >= acknowledged[-1]
@@ -76,6 +83,20 @@ def test_sigkill_mid_burst_leaves_complete_dense_log(store: Store, kill_after: f
     # The log and its lock are usable afterwards.
     with open_store(store.url) as again:
         assert again.append(run.id, "after", {"ok": True}) == len(payloads) + 1
+
+
+def _wait_for_sessions_to_end(url: str, application_name: str) -> None:
+    import psycopg
+
+    def ended() -> bool:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                (application_name,),
+            ).fetchone()
+        return row is not None and row[0] == 0
+
+    wait_until(ended, f"PostgreSQL to end the killed appender's sessions ({application_name})")
 
 
 def test_postgres_appends_to_different_runs_do_not_wait(postgres, tmp_path: Path) -> None:
