@@ -362,7 +362,7 @@ def test_restored_tcp_connection_reads_eof_and_reconnects(
     serving = threading.Thread(target=serve)
     serving.start()
     port = str(server.getsockname()[1])
-    box = Sandbox.launch(["python3", "-c", client, port], settings=settings)
+    box = Sandbox.launch(["python3", "-c", client, port], network="host", settings=settings)
     try:
         assert wait_for(lambda: len(accepted) == 1)
         restored = Sandbox.restore(box.checkpoint(tmp_path / "ck"), settings=settings)
@@ -469,7 +469,9 @@ def _counter(box: Sandbox) -> int:
     return max([int(x) for x in box.stdout_path.read_text().split() if x.isdigit()] or [0])
 
 
-def _launch_holder(kind: str, settings: Settings, tmp_path: Path) -> tuple[Sandbox, socket.socket]:
+def _launch_holder(
+    kind: str, settings: Settings, tmp_path: Path, network: str = "private"
+) -> tuple[Sandbox, socket.socket]:
     if kind == "io_uring" and Path("/proc/sys/kernel/io_uring_disabled").read_text().strip() != "0":
         pytest.skip("io_uring is disabled on this machine")
     workspace = tmp_path / "ws"
@@ -477,7 +479,9 @@ def _launch_holder(kind: str, settings: Settings, tmp_path: Path) -> tuple[Sandb
     peer = socket.socket(socket.AF_UNIX)  # the outside end of the unix socket case
     peer.bind(str(workspace / "peer.sock"))
     peer.listen()
-    box = Sandbox.launch(["python3", "-c", HOLDER, kind], workspace=workspace, settings=settings)
+    box = Sandbox.launch(
+        ["python3", "-c", HOLDER, kind], workspace=workspace, network=network, settings=settings
+    )
     assert wait_for(lambda: _counter(box) >= 3), box.stderr_path.read_text()
     return box, peer
 
@@ -554,7 +558,9 @@ def test_restore_failure_names_the_cause_and_cleans_up(
     # CRIU dumps a unix socket to the outside but cannot restore it; with the inspection
     # out of the way, the restore's failure is what the user sees.
     monkeypatch.setattr(torpor.sandbox._checkpoint, "find_blockers", lambda pid, limit: [])
-    box, peer = _launch_holder("unix", settings, tmp_path)
+    # On the host's network CRIU sees the peer and dumps the connection as external (in a
+    # private one the peer is invisible to it and the dump itself fails).
+    box, peer = _launch_holder("unix", settings, tmp_path, network="host")
     try:
         checkpoint = box.checkpoint(tmp_path / "ck")
         with pytest.raises(CriuError, match="unix socket connects to a peer outside") as err:

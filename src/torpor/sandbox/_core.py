@@ -27,10 +27,11 @@ from typing import Any, Self
 from .._config import Settings
 from .._errors import SandboxError
 from . import _host, _proc
-from ._cgroup import remove_cgroups
+from ._cgroup import LimitHit, limits_hit, remove_cgroups
 from ._criu import Criu, find_criu
 from ._lazy import LazyPages
 from ._records import read_sandbox_meta, write_json
+from ._watch import Watch
 
 __all__ = [
     "CRIU_COMMON",
@@ -76,6 +77,7 @@ class SandboxCore:
         self._state = SandboxState.RUNNING
         self._cgroups: list[Path] = []
         self._lazy: LazyPages | None = None
+        self._watch: Watch | None = None
         # run/ moves into the checkpoint when a checkpoint without leave_running takes the
         # layers; stdout_path and stderr_path follow it.
         self._run_dir = directory / "run"
@@ -150,6 +152,7 @@ class SandboxCore:
             return None
         if self._state is SandboxState.CHECKPOINTED:
             self._returncode = -signal.SIGKILL  # CRIU's, after the dump
+            self._end_watch()
             return self._returncode
         # The init records the command's own status. Without that record the init itself was
         # killed, and from outside only SIGKILL can kill a namespace's init (kill(), the OOM
@@ -159,6 +162,7 @@ class SandboxCore:
             int(exit_file.read_text()) if exit_file.exists() else min(status, 0) or -signal.SIGKILL
         )
         self._state = SandboxState.EXITED if self._returncode >= 0 else SandboxState.KILLED
+        self._end_watch()
         return self._returncode
 
     def _wait_status(self) -> int | None:
@@ -204,6 +208,25 @@ class SandboxCore:
         except OSError:  # already gone (and reaped): poll() sees it at once
             return None
 
+    def limits_hit(self) -> list[LimitHit]:
+        """The cgroup limits this sandbox ran into since it (or its restored copy) began:
+        the OOM killer at its memory limit, forks refused at its task limit, time throttled
+        at its CPU limit. Empty without limits, or once torn down (ask before `teardown`).
+
+        For a sandbox killed by a signal, a memory hit says why: e.g. ``str(hit)`` reads
+        "out of memory (limit 512 MiB): the kernel killed a process 1 time".
+        """
+        if self._state is SandboxState.REMOVED:
+            return []
+        return limits_hit(self._cgroups, self._limits())
+
+    def _limits(self) -> dict[str, float | int | None]:
+        return {
+            "memory": self._meta.get("memory_limit"),
+            "pids": self._meta.get("pids_limit"),
+            "cpu": self._meta.get("cpu_limit"),
+        }
+
     def kill(self) -> None:
         """Stop the whole tree at once (SIGKILL to its init) and wait until it is gone."""
         if self._pid is not None and self._returncode is None:
@@ -218,6 +241,7 @@ class SandboxCore:
         if self._state is SandboxState.REMOVED:
             return
         self.kill()
+        self._end_watch()
         if self._lazy is not None:
             self._lazy.stop()
         remove_cgroups(self._cgroups)
@@ -245,6 +269,24 @@ class SandboxCore:
 
     def _criu(self) -> Criu:
         return find_criu(self._settings)
+
+    def _start_watch(self) -> None:
+        """Start the watcher that kills the tree if this process dies (`_watch.py`)."""
+        assert self._pid is not None
+        started = time.perf_counter()
+        try:
+            self._watch = Watch.start(self._pid, self._started, self.directory / "watch.log")
+        except OSError as exc:
+            raise SandboxError(
+                self.id, f"cannot start the watcher that stops it when this process dies: {exc}",
+                "sandboxes need Linux 5.3 or later (pidfd_open); `torpor doctor` checks the host",
+            ) from None  # fmt: skip
+        self.timings["watch"] = time.perf_counter() - started
+
+    def _end_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
 
     def _save(self) -> None:
         write_json(

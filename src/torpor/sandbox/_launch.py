@@ -1,5 +1,6 @@
 """Launching a sandbox: an overlay root over the base root, cgroups, and `_init.py` as its
-pid 1 in new pid and mount namespaces, which starts the command."""
+pid 1 in new pid, mount and (by default) network namespaces, which starts the command; then
+the watcher that stops it if this process dies (`_watch.py`)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,19 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from .._config import Settings
 from .._errors import SandboxError
 from . import _host
-from ._cgroup import create_cgroups
+from ._cgroup import check_limits, create_cgroups
 from ._core import SandboxCore, new_directory, new_id
 
-__all__ = ["Launching"]
+__all__ = ["Launching", "Network", "host_network"]
+
+#: What `Sandbox.launch` takes as ``network``: "private" (or False, the default) for a network
+#: namespace of its own with loopback only; "host" (or True) to share the host's network.
+Network = bool | Literal["host", "private"]
 
 _INIT = Path(__file__).with_name("_init.py")
 _READY_TIMEOUT = 30.0
@@ -40,10 +45,11 @@ class Launching(SandboxCore):
         *,
         base_root: str | os.PathLike[str] = "/",
         workspace: str | os.PathLike[str] | None = None,
-        network: bool = True,
+        network: Network = "private",
         env: Mapping[str, str] | None = None,
         memory_limit: int | None = None,
         pids_limit: int | None = None,
+        cpu_limit: float | None = None,
         directory: str | os.PathLike[str] | None = None,
         settings: Settings | None = None,
         share: Sequence[str | os.PathLike[str]] = (),
@@ -57,10 +63,17 @@ class Launching(SandboxCore):
                 ``python3`` (the sandbox's init is a small Python program).
             workspace: a host directory to mount at ``/workspace`` (default: a new empty one
                 inside the sandbox directory).
-            network: share the host's network (True) or get a private loopback-only one.
+            network: ``"private"`` (the default; False means the same): a network namespace
+                of its own with only loopback, so nothing on the host's network or its
+                loopback (databases, `torpor server`, other sandboxes' ports) is reachable
+                and no host port can be taken. ``"host"`` (or True): the host's network,
+                only for commands that must reach it. The gateway is a unix socket in
+                ``/run/torpor``: it works either way.
             env: variables on top of a minimal PATH/HOME/LANG; the host's environment
                 (API keys included) never enters the sandbox.
-            memory_limit: bytes, enforced by a cgroup. pids_limit: tasks, likewise.
+            memory_limit: bytes, enforced by a cgroup (the OOM killer acts inside it).
+                pids_limit: tasks, likewise. cpu_limit: CPUs (0.5 is half of one CPU's
+                time), a CFS quota. None: no limit. `limits_hit` says which one it hit.
             directory: where the sandbox keeps its files (default
                 ``$TORPOR_HOME/sandboxes/<id>``); it must not exist yet.
             share: host paths the command must read although they are under ``/tmp``,
@@ -73,6 +86,8 @@ class Launching(SandboxCore):
         sandbox_id = new_id()
         if not cmd:
             raise SandboxError(sandbox_id, "no command given", "pass e.g. ['python3', 'agent.py']")
+        host = host_network(sandbox_id, network)
+        check_limits(sandbox_id, memory_limit, pids_limit, cpu_limit)
         _host.require_privileges(sandbox_id)
         started = time.perf_counter()
         box = cls(sandbox_id, new_directory(sandbox_id, directory, settings), settings)
@@ -82,9 +97,10 @@ class Launching(SandboxCore):
         box._meta = {
             "cmd": list(cmd),
             "base_root": str(base),
-            "network": network,
+            "network": host,
             "memory_limit": memory_limit,
             "pids_limit": pids_limit,
+            "cpu_limit": cpu_limit,
             "workspace": str(ws),
         }
         try:
@@ -99,9 +115,12 @@ class Launching(SandboxCore):
             for output in (box.stdout_path, box.stderr_path):
                 output.touch()  # readable from the start; the command appends
             box._mount_root(base)
-            box._cgroups = create_cgroups(sandbox_id, box._incarnation, memory_limit, pids_limit)
+            box._cgroups = create_cgroups(
+                sandbox_id, box._incarnation, memory_limit, pids_limit, cpu_limit
+            )
             box._save()
-            box._start(base, ws, network, {**_BASE_ENV, **(env or {})})
+            box._start(base, ws, host, {**_BASE_ENV, **(env or {})})
+            box._start_watch()
         except BaseException:
             box.teardown()
             raise
@@ -153,6 +172,22 @@ class Launching(SandboxCore):
         pid, started = ready.read_text().split()
         self._pid, self._started = int(pid), int(started)
         self._save()
+
+
+def host_network(sandbox_id: str, network: object) -> bool:
+    """Whether ``network`` (a `Network`) asks for the host's network.
+
+    Raises:
+        SandboxError: it is none of "host", "private", True, False.
+    """
+    if network is True or network == "host":
+        return True
+    if network is False or network == "private":
+        return False
+    raise SandboxError(
+        sandbox_id, f"network={network!r} is no network mode",
+        'pass network="private" (the default: loopback only) or network="host"',
+    )  # fmt: skip
 
 
 def _sandbox_python(sandbox_id: str, base: Path) -> str:

@@ -125,12 +125,18 @@ class Restoring(SandboxCore):
         criu = find_criu(settings)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         box = cls(sandbox_id, directory, settings)
+        # Checkpoints record their CPU limit from when they learnt to; older ones had none.
+        cpu_limit: float | None = getattr(checkpoint, "cpu_limit", None)
         box._meta = {
             "cmd": checkpoint.cmd,
             "base_root": checkpoint.base_root,
+            # The network mode comes back as it was: CRIU recreates a private network
+            # namespace (its loopback, its listening sockets) as a new one per restore,
+            # and leaves a tree that shared the host's network in the host's.
             "network": checkpoint.network,
             "memory_limit": checkpoint.memory_limit,
             "pids_limit": checkpoint.pids_limit,
+            "cpu_limit": cpu_limit,
             "workspace": str(directory / "workspace"),
             "restored_from": str(checkpoint.directory),
         }
@@ -151,7 +157,11 @@ class Restoring(SandboxCore):
                 directory / "ws-work",
             )
             box._cgroups = create_cgroups(
-                sandbox_id, box._incarnation, checkpoint.memory_limit, checkpoint.pids_limit
+                sandbox_id,
+                box._incarnation,
+                checkpoint.memory_limit,
+                checkpoint.pids_limit,
+                cpu_limit,
             )
             box._save()
             _host.become_subreaper()
@@ -184,6 +194,7 @@ class Restoring(SandboxCore):
             box._pid = int(pidfile.read_text())
             box._started = _proc.process_start_time(box._pid)
             box._save()
+            box._start_watch()
             if box._lazy is not None:
                 box._lazy.watch(box._kill_for_pages)
         except BaseException:
