@@ -178,7 +178,7 @@ def test_a_sandbox_sees_its_children_and_no_other_run(
     spec = torpor.engine.ChildSpec(
         stranger.id, "gateway.flow", torpor.Road.REPLAY, {}, "default", 0, {}
     )
-    with pytest.raises(RunNotFoundError):
+    with pytest.raises(torpor.TorporError, match="is named"):
         journal.start_child(spec)
     assert store.get_run(stranger.id).parent_id is None and host.happened == []
     mine = torpor.engine.ChildSpec(f"{host.run.id}-1", "gateway.flow", torpor.Road.REPLAY,

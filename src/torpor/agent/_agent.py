@@ -22,7 +22,7 @@ from ..engine import (
     workflow,
 )
 from ._items import ModelReply, ToolSpec, items_to_json
-from ._providers import Provider, non_retryable_errors
+from ._providers import Provider, check_sandboxed_model_call, non_retryable_errors
 from ._tools import BUILTIN_TOOLS, Tool, current_workspace
 
 __all__ = ["MODEL_CALL", "Agent", "AgentMaxTurnsError", "call_model"]
@@ -56,7 +56,9 @@ class Agent:
         system: the system prompt.
         max_turns: model calls before giving up with `AgentMaxTurnsError`.
         base_url: an OpenAI-compatible (vLLM, Ollama, llama.cpp) or Anthropic endpoint;
-            default from ``OPENAI_BASE_URL`` / ``ANTHROPIC_BASE_URL``.
+            default from ``OPENAI_BASE_URL`` / ``ANTHROPIC_BASE_URL``. On the snapshot road
+            the worker makes the call with its own key, so it refuses any ``base_url`` but
+            the one it is configured with: set the variable in the worker's environment.
         workspace: the directory the builtins work in (default: one per run under
             ``$TORPOR_HOME/workspaces``).
         model_retries: retries of a failed model call (network errors, rate limits),
@@ -272,4 +274,11 @@ def call_model(request: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
-register_host_call(MODEL_CALL, call_model, non_retryable=non_retryable_errors)
+# From a sandbox, a model call may not name an endpoint of its own: the worker's key would go
+# there (see `check_sandboxed_model_call`).
+register_host_call(
+    MODEL_CALL,
+    call_model,
+    non_retryable=non_retryable_errors,
+    check_sandboxed=check_sandboxed_model_call,
+)

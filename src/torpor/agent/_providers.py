@@ -13,14 +13,62 @@ from .._errors import TorporError
 from ._items import ModelReply, ToolSpec, items_from_json
 from ._wire import anthropic_reply, anthropic_request, openai_reply, openai_request
 
-__all__ = ["Provider", "non_retryable_errors", "parse_model"]
+__all__ = [
+    "ModelCallRefusedError",
+    "Provider",
+    "check_sandboxed_model_call",
+    "configured_base_url",
+    "non_retryable_errors",
+    "parse_model",
+]
 
 _KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 _BASE_URLS = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
+# Where the SDKs send calls when neither the code nor the environment names an endpoint.
+_DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+}
 
 
 class ModelConfigError(TorporError):
     """The model string or the provider's settings are unusable."""
+
+
+class ModelCallRefusedError(ModelConfigError):
+    """A sandbox asked for a model call the worker does not make for it."""
+
+
+def configured_base_url(provider: str) -> str:
+    """The endpoint this process sends ``provider``'s calls to when none is named: its
+    ``OPENAI_BASE_URL`` / ``ANTHROPIC_BASE_URL``, else the provider's own."""
+    return os.environ.get(_BASE_URLS[provider]) or _DEFAULT_BASE_URLS[provider]
+
+
+def _same_url(a: str, b: str) -> bool:
+    return a.strip().rstrip("/") == b.strip().rstrip("/")
+
+
+def check_sandboxed_model_call(request: dict[str, Any]) -> None:
+    """Refuse a model call from a sandbox that would send this worker's API key anywhere but
+    to the endpoint the worker is configured with (code in a sandbox is untrusted: with its
+    own ``base_url`` it would receive the key). No ``base_url``, or the configured one, is
+    fine; the call then goes where the worker's configuration says."""
+    provider = request.get("provider")
+    if provider not in _KEYS:
+        raise ModelCallRefusedError(
+            f"model call refused: provider {provider!r} is not one of {', '.join(sorted(_KEYS))}"
+        )
+    base_url = request.get("base_url")
+    if base_url is None or base_url == "":
+        return
+    configured = configured_base_url(provider)
+    if not isinstance(base_url, str) or not _same_url(base_url, configured):
+        raise ModelCallRefusedError(
+            f"model call refused: base_url {base_url!r} is not where this worker sends "
+            f"{provider} calls ({configured}); code in a sandbox cannot choose the endpoint: "
+            f"leave base_url unset and set {_BASE_URLS[provider]} in the worker's environment"
+        )
 
 
 def parse_model(model: str) -> tuple[str, str]:

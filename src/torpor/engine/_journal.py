@@ -77,6 +77,9 @@ class HostCallDef:
     fn: Callable[[dict[str, Any]], Any]
     # Errors not worth retrying (bad requests, auth); asked for when a call fails.
     non_retryable: Callable[[], tuple[type[BaseException], ...]] = field(default=lambda: ())
+    # Checks a request that came out of a sandbox (hostile input) before ``fn`` gets it;
+    # raises to refuse it. None: the request goes to ``fn`` as it is.
+    check_sandboxed: Callable[[dict[str, Any]], None] | None = None
 
 
 _host_calls: dict[str, HostCallDef] = {}
@@ -87,10 +90,16 @@ def register_host_call(
     name: str,
     fn: Callable[[dict[str, Any]], Any],
     non_retryable: Callable[[], tuple[type[BaseException], ...]] = lambda: (),
+    check_sandboxed: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
-    """Make ``fn(request) -> JSON result`` callable from workflows as host call ``name``."""
+    """Make ``fn(request) -> JSON result`` callable from workflows as host call ``name``.
+
+    ``check_sandboxed(request)``: raises to refuse a request sent by a snapshot-road sandbox
+    (whose code is untrusted) that the worker would do for trusted code, e.g. a model call to
+    an endpoint of the sandbox's choosing, with the worker's key. Its error is the call's.
+    """
     with _host_lock:
-        _host_calls[name] = HostCallDef(name, fn, non_retryable)
+        _host_calls[name] = HostCallDef(name, fn, non_retryable, check_sandboxed)
 
 
 def lookup_host_call(name: str) -> HostCallDef:

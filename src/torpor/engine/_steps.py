@@ -104,10 +104,20 @@ def execute_host_call(
     *,
     record_retry: Callable[[dict[str, Any]], Any],
     before_attempt: Callable[[], None] = lambda: None,
+    sandboxed: bool = False,
 ) -> tuple[dict[str, Any], BaseException | None]:
     """Execute a host call with its retries: the payload to record (``result``/``error``),
-    and the exception that ended it, if one did."""
+    and the exception that ended it, if one did. ``sandboxed``: the request came from a
+    sandbox, and the call's `check_sandboxed` vets it first (a refusal is the call's error,
+    recorded, and not retried if the call lists it as non-retryable)."""
     definition = lookup_host_call(call.call)
+    check = definition.check_sandboxed if sandboxed else None
+
+    def attempt_once() -> Any:
+        if check is not None:
+            check(call.request)
+        return definition.fn(call.request)
+
     opts = StepOptions(
         name=call.name,
         retries=max(0, call.retries),
@@ -120,7 +130,7 @@ def execute_host_call(
     result, exc, attempt = attempt_with_retries(
         opts,
         call.pos,
-        lambda: definition.fn(call.request),
+        attempt_once,
         record_retry=record_retry,
         before_attempt=before_attempt,
     )

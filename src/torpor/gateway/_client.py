@@ -19,7 +19,7 @@ from typing import Any
 from .._errors import TorporError
 from ..engine import decode_error
 from ._ops import Op
-from ._protocol import read_message, write_message
+from ._protocol import MAX_MESSAGE, encode_message, read_message
 
 __all__ = ["GatewayClient"]
 
@@ -37,8 +37,17 @@ class GatewayClient:
         # Python mode: a JSON mode dump would turn NaN and infinities into null silently;
         # sent as they are, the worker refuses them as the replay road's store does.
         request = op.model_dump()
+        data = encode_message(request)
+        if len(data) > MAX_MESSAGE:
+            # The worker would refuse it: say why here, rather than retry a cut connection.
+            raise TorporError(
+                f"a {request['op']} request of {len(data)} bytes is over the gateway's limit "
+                f"of {MAX_MESSAGE} bytes: on the snapshot road a log payload (a step's "
+                "result, a workflow's input or output) must be smaller; keep large data in "
+                "files in the workspace"
+            )
         while True:
-            reply = self._exchange(request)
+            reply = self._exchange(data)
             stop = reply.get("stop")
             if stop:
                 # No connection is open now: safe to be dumped while stopped.
@@ -49,14 +58,14 @@ class GatewayClient:
                 raise decode_error(reply["error"])
             return reply.get("result")
 
-    def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _exchange(self, data: bytes) -> dict[str, Any]:
         deadline = time.monotonic() + _CONNECT_PATIENCE_S
         delay = 0.005
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.connect(self.path)
-                write_message(sock, request)
+                sock.sendall(data)
                 return read_message(sock)
             except OSError as exc:
                 # The worker re-creates its socket after a checkpoint or restore; a

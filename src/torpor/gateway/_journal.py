@@ -89,13 +89,10 @@ class GatewayJournal:
         return RunRecord.from_json(self.client.call(GetChild(run_id=run_id)))
 
     def start_child(self, child: ChildSpec) -> None:
-        self.client.call(
-            StartChild(
-                run_id=child.run_id, workflow=child.workflow, road=child.road,
-                input=child.input, queue=child.queue, priority=child.priority,
-                source=child.source,
-            )
-        )  # fmt: skip
+        # The worker decides the child's road, source, queue and priority (its parent's;
+        # the snapshot road): what the code in a sandbox names is not trusted.
+        self.client.call(StartChild(run_id=child.run_id, workflow=child.workflow,
+                                    input=child.input))  # fmt: skip
 
     def host_call(self, call: HostCall, before_attempt: Callable[[], None]) -> HostCallOutcome:
         result: dict[str, Any] = self.client.call(

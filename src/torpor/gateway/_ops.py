@@ -109,14 +109,18 @@ class GetChild(Op):
 
 
 class StartChild(Op):
+    """A child run of the sandbox's run: its id, workflow and input. ``road``, ``queue``,
+    ``priority`` and ``source`` are accepted (older runners send them) and ignored: the
+    worker takes them from the parent run (see `GatewayService`)."""
+
     op: Literal["start_child"] = "start_child"
     run_id: _Name
     workflow: _Name
-    road: Road
     input: dict[str, Any]
-    queue: _Name
-    priority: int
-    source: dict[str, str]
+    road: Road | None = None
+    queue: _Name | None = None
+    priority: int | None = None
+    source: dict[str, str] | None = None
 
 
 class CallHost(Op):

@@ -10,38 +10,63 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from typing import Any
 
-__all__ = ["GATEWAY_ENV", "MAX_MESSAGE", "read_message", "write_message"]
+__all__ = [
+    "GATEWAY_ENV",
+    "MAX_MESSAGE",
+    "MessageTooLargeError",
+    "encode_message",
+    "read_message",
+    "write_message",
+]
 
 # Inside the sandbox: where the runner finds the gateway socket.
 GATEWAY_ENV = "TORPOR_GATEWAY"
-# Log payloads are capped at 16 MiB by default; a message carries one plus some framing.
-MAX_MESSAGE = 64 * 1024 * 1024
+# The largest request a worker reads from a sandbox (a line of JSON). A sandbox is hostile:
+# what it sends is held in the worker's memory until the line is whole. A request carries a
+# log payload (capped at TORPOR_MAX_PAYLOAD_BYTES on the store's side), so on the snapshot
+# road a payload must fit in this too. Replies, from the trusted worker, have no such cap.
+MAX_MESSAGE = 4 * 1024 * 1024
+
+
+class MessageTooLargeError(ValueError):
+    """A message longer than the reader accepts."""
+
+
+def encode_message(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
 def write_message(sock: socket.socket, message: dict[str, Any]) -> None:
-    data = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-    sock.sendall(data)
+    sock.sendall(encode_message(message))
 
 
-def read_message(sock: socket.socket) -> dict[str, Any]:
-    """One line of JSON: a `ConnectionError` if the peer went away before a whole line (or
-    sent too much), a `ValueError` if the line is no JSON object."""
-    chunks: list[bytes] = []
-    size = 0
+def read_message(
+    sock: socket.socket, limit: int | None = None, deadline: float | None = None
+) -> dict[str, Any]:
+    """One line of JSON. Raises `ConnectionError` if the peer went away before a whole line,
+    `MessageTooLargeError` past ``limit`` bytes, `TimeoutError` if the line is not whole by
+    ``deadline`` (a `time.monotonic` time), `ValueError` if the line is no JSON object."""
+    data = bytearray()
     while True:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no whole message in time")
+            sock.settimeout(left)
         chunk = sock.recv(1 << 16)
         if not chunk:
             raise ConnectionError("the gateway connection closed before a whole message")
-        chunks.append(chunk)
-        size += len(chunk)
-        if chunk.endswith(b"\n"):
+        end = chunk.find(b"\n")
+        data += chunk if end < 0 else chunk[:end]
+        if limit is not None and len(data) > limit:
+            raise MessageTooLargeError(f"a gateway message is over {limit} bytes")
+        if end >= 0:
             break
-        if size > MAX_MESSAGE:
-            raise ConnectionError(f"a gateway message is over {MAX_MESSAGE} bytes")
     try:
-        message = json.loads(b"".join(chunks))
+        message = json.loads(data)
     except ValueError as exc:
         raise ValueError(f"not JSON ({exc})") from None
     if not isinstance(message, dict):

@@ -1,6 +1,20 @@
 """The worker's side of the gateway: each typed operation done against the store, under the
 run's claim, for the run of this sandbox only.
 
+The code in a sandbox is untrusted, so the gateway grants it the least it needs:
+
+- it reads and appends its own run's log only (no operation names another run's log);
+- it reads its own record and its children's (a fork's: its sources' children too), no other;
+- it creates children of itself only, named ``<its id>-<anything>``. The sandbox names the
+  workflow and its input; the worker decides the rest: a child of a sandboxed run runs on
+  the snapshot road (in a sandbox of its own), from its parent's source, on its parent's
+  queue and priority. Road, source, queue and priority sent by the sandbox are ignored: with
+  them it could make the worker import a file it wrote, on the host (a replay-road child);
+- it starts (spawns) only the children it just created;
+- once its run is completed, failed or cancelled, it changes nothing any more;
+- host calls (model calls) from it are vetted by the call's `check_sandboxed` (a model call
+  goes only to the endpoint the worker is configured with).
+
 What concerns the sandbox's supervision (safe points, long waits, the run's end) is asked of
 a `SandboxHost`, which the worker's snapshot road implements; this module knows nothing else
 of the worker.
@@ -14,8 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .._errors import FencedError, RunNotFoundError, StoreUnavailableError, TorporError
-from .._model import RunRecord, RunStatus
+from .._errors import (
+    FencedError,
+    RunNotFoundError,
+    RunStateError,
+    StoreUnavailableError,
+    TorporError,
+)
+from .._model import Road, RunRecord, RunStatus
 from ..engine import (
     ChildSpec,
     HostCall,
@@ -120,6 +140,8 @@ class GatewayService:
             End: self._end,
             Exit: self._exit,
         }
+        # Operations that change nothing, answered whatever the run's status.
+        self._reading: set[type[Op]] = {Hello, Read, GetChild, Exit}
 
     @property
     def _store(self) -> Store:
@@ -140,6 +162,8 @@ class GatewayService:
             log.warning("run %s: %s", self._run.id, exc.message)
             return {"error": errors(exc)}, None
         try:
+            if type(op) not in self._reading:
+                self._refuse_when_ended(op)
             reply = self._handlers[type(op)](op, peer)
             if legacy:
                 named = request.get("run_id")
@@ -160,6 +184,19 @@ class GatewayService:
         if reply.stop is not None:
             wire["stop"] = reply.stop
         return wire, reply.then
+
+    def _refuse_when_ended(self, op: Op) -> None:
+        """A run that is completed, failed or cancelled is final: its sandbox (or a copy of
+        it) may still talk, but changes nothing any more."""
+        current = self._store.get_run(self._run.id)
+        if not current.status.terminal:
+            return
+        if isinstance(op, End) and op.status == current.status.value:
+            return  # the same end sent again (its reply was lost): answered, not redone
+        name = type(op).__name__.lower()
+        log.warning("run %s: refused a %s from its sandbox: the run is %s", self._run.id, name,
+                    current.status.value)  # fmt: skip
+        raise RunStateError(self._run.id, current.status.value, f"{name} (it has ended)")
 
     def _hello(self, op: Hello, peer: int) -> Reply:
         return Reply(
@@ -202,12 +239,16 @@ class GatewayService:
         timer = self._store.add_timer(self._run.id, op.name, op.fire_at)
         return Reply({"id": timer.id})
 
-    def _child(self, run_id: str) -> RunRecord:
-        """A child of this run (or of a run it was forked from): a sandbox sees no other."""
-        record = self._store.get_run(run_id)
+    def _lineage_ids(self) -> set[str]:
         if self._lineage is None:
             self._lineage = lineage(self._store, self._run)
-        if record.parent_id not in self._lineage:
+        return self._lineage
+
+    def _child(self, run_id: str) -> RunRecord:
+        """This run, or a child of it (or of a run it was forked from): a sandbox sees no
+        other (another run is "not found", whether it exists or not)."""
+        record = self._store.get_run(run_id)
+        if run_id != self._run.id and record.parent_id not in self._lineage_ids():
             raise RunNotFoundError(run_id)
         return record
 
@@ -215,7 +256,19 @@ class GatewayService:
         return Reply(self._child(op.run_id).to_json())
 
     def _start_child(self, op: StartChild, peer: int) -> Reply:
-        create_child(self._store, self._run, ChildSpec(**op.model_dump(exclude={"op"})))
+        """Create a child of this run and start it. The sandbox chose the id, workflow and
+        input only: the child runs on the snapshot road, from this run's source, queue and
+        priority (see the module's docstring)."""
+        if not any(op.run_id.startswith(f"{own}-") for own in self._lineage_ids()):
+            raise TorporError(
+                f"a child of run {self._run.id} is named {self._run.id}-<suffix>, not {op.run_id!r}"
+            )
+        run = self._run
+        spec = ChildSpec(
+            op.run_id, op.workflow, Road.SNAPSHOT, op.input, run.queue, run.priority,
+            dict(run.source or {}),
+        )  # fmt: skip
+        create_child(self._store, run, spec)
         self.host.spawn(op.run_id)
         return Reply(None)
 
@@ -232,7 +285,9 @@ class GatewayService:
             cancel.append(appended.cancel_requested)
 
         call = HostCall(**op.model_dump(exclude={"op"}))
-        payload, _ = execute_host_call(call, record_retry=lambda retry: record("step_retry", retry))
+        payload, _ = execute_host_call(
+            call, record_retry=lambda retry: record("step_retry", retry), sandboxed=True
+        )
         record(op.kind, payload)
         return Reply({"payload": payload, "cancel_requested": any(cancel)})
 

@@ -18,9 +18,11 @@ the process repeats the calls it made after it and the gateway answers those fro
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -102,7 +104,9 @@ class SnapshotRoadRun:
                 "skipped": [str(e) for e in restored.skipped],
             })  # fmt: skip
         self.server = GatewayServer(
-            self.box.directory / "run" / _SOCKET, GatewayService(self).handle
+            self.box.directory / "run" / _SOCKET,
+            GatewayService(self).handle,
+            authorize=self._authorize,
         )
         self.checkpoints = Checkpointer(
             self.store, self.run, self.box, self.server, snapshots, self.settings,
@@ -156,6 +160,25 @@ class SnapshotRoadRun:
         if "file" in source:
             paths.append(source["file"])
         return paths
+
+    def _authorize(self, peer: int) -> str | None:
+        """Whether a gateway caller (host pid ``peer``) is a process of this run's sandbox:
+        in the pid namespace of the sandbox's init. Asked of the current init, so a
+        restored sandbox (a new init) is recognised. Anyone else (another sandbox, a
+        process of the host) is refused: the socket file alone is no proof of identity."""
+        init = self.box.pid
+        if init is None:
+            return f"the sandbox of run {self.run.id} is not running"
+        if peer <= 0:
+            return f"the caller is in no pid namespace of this host's (pid {peer})"
+        try:
+            theirs = os.stat(f"/proc/{peer}/ns/pid")
+            ours = os.stat(f"/proc/{init}/ns/pid")
+        except OSError as exc:
+            return f"process {peer} could not be checked ({exc.strerror})"
+        if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
+            return f"process {peer} is not in the sandbox of run {self.run.id}"
+        return None
 
     def _supervise(self) -> RunStatus | None:
         next_request_check = time.monotonic() + 1.0
@@ -275,9 +298,45 @@ def _remove_orphans(settings: Settings) -> None:
         log.warning("removing orphaned sandboxes failed", exc_info=True)
 
 
-def _tail(path: Path, lines: int = 5) -> str:
+def _tail(path: Path, lines: int = 5, limit: int = 64 * 1024) -> str:
+    """The last ``lines`` lines of the sandbox's output file ``path`` (``<sandbox>/run/X``
+    or the same in a checkpoint), for a log entry. The sandbox owns ``run/`` (it is its
+    ``/run/torpor``) and may have put a link, a FIFO or a device there instead of the
+    file: only a regular file reached without following a link is read, and only its
+    last ``limit`` bytes."""
     try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "(no output)"
+        data = _read_tail_beneath(path.parent.parent, (path.parent.name, path.name), limit)
+    except OSError as exc:
+        return f"(no output: {exc.strerror or exc})"
+    text = data.decode(errors="replace").strip().splitlines()
     return " | ".join(text[-lines:]) or "(no output)"
+
+
+def _read_tail_beneath(trusted: Path, parts: tuple[str, ...], limit: int) -> bytes:
+    """The last ``limit`` bytes of the regular file ``trusted/parts...``, every part below
+    ``trusted`` opened without following links (`O_NOFOLLOW`, from the descriptor of the
+    directory above), and the file itself not opened for reading before it is known to be
+    a regular file (`O_PATH` first: opening a FIFO would block, a device could act)."""
+    nofollow = os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(trusted, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            below = os.open(part, os.O_PATH | os.O_DIRECTORY | nofollow, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        handle = os.open(parts[-1], os.O_PATH | nofollow, dir_fd=fd)
+    finally:
+        os.close(fd)
+    try:
+        found = os.fstat(handle)
+        if not stat.S_ISREG(found.st_mode):
+            raise OSError(errno.EINVAL, f"{'/'.join(parts)} is no regular file")
+        # Reopened from the O_PATH descriptor: the very file checked, not a new lookup.
+        readable = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    finally:
+        os.close(handle)
+    try:
+        size = os.fstat(readable).st_size
+        return os.pread(readable, limit, max(0, size - limit))
+    finally:
+        os.close(readable)
