@@ -332,6 +332,48 @@ def test_private_network_survives_restore(settings: Settings, tmp_path: Path) ->
         host.close()
 
 
+def test_private_network_is_the_default_and_forks_get_their_own(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # A server on port 7000 in a sandbox launched without `network`: checkpointed while it
+    # runs on, then forked twice. Each copy gets a network namespace of its own from CRIU,
+    # so all three listen on the same port at once, and none of them on the host's.
+    server = textwrap.dedent(
+        """
+        import os, socket
+        s = socket.socket(); s.bind(("127.0.0.1", 7000)); s.listen()
+        print("listening", flush=True)
+        while True:
+            conn, _ = s.accept(); conn.sendall(str(os.getpid()).encode()); conn.close()
+        """
+    )
+    ask = "import socket; print(socket.create_connection(('127.0.0.1', 7000)).recv(9).decode())"
+
+    def answer(box: Sandbox) -> str:
+        reply = subprocess.run(
+            ["nsenter", "-t", str(box.pid), "-n", sys.executable, "-c", ask],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        return reply.stdout.strip()
+
+    box = Sandbox.launch(["python3", "-c", server], settings=settings)
+    forks: list[Sandbox] = []
+    try:
+        assert wait_for(lambda: "listening" in box.stdout_path.read_text())
+        with pytest.raises(ConnectionRefusedError):  # not on the host's loopback
+            socket.create_connection(("127.0.0.1", 7000), timeout=2).close()
+        checkpoint = box.checkpoint(tmp_path / "ck", leave_running=True)
+        forks = [Sandbox.fork(checkpoint, settings=settings) for _ in range(2)]
+        namespaces = {os.readlink(f"/proc/{b.pid}/ns/net") for b in (box, *forks)}
+        assert len(namespaces) == 3 and os.readlink("/proc/self/ns/net") not in namespaces
+        # The server is pid 2 inside each: every copy answers in its own namespace.
+        assert [answer(b) for b in (box, *forks)] == ["2", "2", "2"]
+    finally:
+        for fork in forks:
+            fork.teardown()
+        box.teardown()
+
+
 def test_restored_tcp_connection_reads_eof_and_reconnects(
     settings: Settings, tmp_path: Path
 ) -> None:
