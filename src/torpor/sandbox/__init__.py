@@ -9,7 +9,7 @@ hosts: the one reader of ``/proc/PID/stat`` (`process_state`, `process_start_tim
 from __future__ import annotations
 
 from .._errors import CriuError, CriuNotFoundError, SandboxError
-from ._cgroup import LimitHit, available_controllers
+from ._cgroup import available_controllers
 from ._cleanup import Orphan, find_orphans, remove_orphans
 from ._core import SandboxState
 from ._criu import MIN_CRIU_VERSION, Criu, find_criu, fstype
@@ -30,7 +30,6 @@ __all__ = [
     "Criu",
     "CriuError",
     "CriuNotFoundError",
-    "LimitHit",
     "Orphan",
     "PageSource",
     "Sandbox",

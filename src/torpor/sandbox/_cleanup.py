@@ -1,8 +1,10 @@
 """Finding and removing what crashed orchestrators left behind: sandboxes whose owner is gone.
 
 A sandbox belongs to the process that launched or restored it (recorded in sandbox.json). Once
-that process is gone nobody can checkpoint or stop the sandbox any more, yet its tree may still
-run and its overlays stay mounted.
+that process is gone nobody can checkpoint or stop the sandbox any more. Its watcher
+(`_watch.py`) kills its tree within a moment, but its overlays stay mounted and its cgroups
+and directory stay in place; and a tree can still run if its owner died in the few
+milliseconds between the tree's start and its watcher's, or if the watcher itself was killed.
 """
 
 from __future__ import annotations
