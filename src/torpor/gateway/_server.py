@@ -118,7 +118,10 @@ class GatewayServer:
                 listener.bind(f"/proc/self/fd/{folder}/{self.path.name}")
             finally:
                 os.close(folder)
-            os.chmod(self.path, 0o600)
+            # With ``authorize``, the caller's process is checked, which a file mode cannot
+            # do: the sandbox's command may run as any user id, so anyone may connect. Else
+            # only this user.
+            os.chmod(self.path, 0o666 if self.authorize is not None else 0o600)
             made = self.path.stat()
             self._bound = (made.st_dev, made.st_ino)
             listener.listen(16)

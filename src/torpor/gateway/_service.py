@@ -162,9 +162,8 @@ class GatewayService:
             log.warning("run %s: %s", self._run.id, exc.message)
             return {"error": errors(exc)}, None
         try:
-            if type(op) not in self._reading:
-                self._refuse_when_ended(op)
-            reply = self._handlers[type(op)](op, peer)
+            ended = None if type(op) in self._reading else self._when_ended(op)
+            reply = ended or self._handlers[type(op)](op, peer)
             if legacy:
                 named = request.get("run_id")
                 child = None
@@ -185,14 +184,15 @@ class GatewayService:
             wire["stop"] = reply.stop
         return wire, reply.then
 
-    def _refuse_when_ended(self, op: Op) -> None:
-        """A run that is completed, failed or cancelled is final: its sandbox (or a copy of
-        it) may still talk, but changes nothing any more."""
+    def _when_ended(self, op: Op) -> Reply | None:
+        """None while the run goes on. A run that is completed, failed or cancelled is
+        final: its sandbox (or a copy of it) may still talk, but changes nothing any more;
+        the same end sent again (its reply was lost) is answered, not done again."""
         current = self._store.get_run(self._run.id)
         if not current.status.terminal:
-            return
+            return None
         if isinstance(op, End) and op.status == current.status.value:
-            return  # the same end sent again (its reply was lost): answered, not redone
+            return Reply(True)
         name = type(op).__name__.lower()
         log.warning("run %s: refused a %s from its sandbox: the run is %s", self._run.id, name,
                     current.status.value)  # fmt: skip
