@@ -32,6 +32,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 __all__ = ["Watch"]
@@ -41,11 +42,13 @@ _SCRIPT = Path(__file__)
 
 class Watch:
     """The worker's end of one sandbox's watcher: `start` it once the init runs, `stop` it
-    when the sandbox is torn down (it then exits without killing anything more)."""
+    once the sandbox has ended or is torn down (the watcher then sends its SIGKILL to a tree
+    that is gone already, and exits)."""
 
     def __init__(self, process: subprocess.Popen[bytes], write_end: int) -> None:
         self._process = process
         self._write_end: int | None = write_end
+        self._lock = threading.Lock()  # poll() may run in several threads at once
 
     @classmethod
     def start(cls, pid: int, started: int | None, log: Path) -> Watch | None:
@@ -95,9 +98,10 @@ class Watch:
     def stop(self, timeout: float = 5.0) -> None:
         """Close the worker's end (the watcher then kills what is left of the sandbox, if
         anything, and exits) and reap the watcher. Safe to call twice."""
-        if self._write_end is not None:
-            os.close(self._write_end)
-            self._write_end = None
+        with self._lock:  # an fd closed twice could be another file's by then
+            if self._write_end is not None:
+                os.close(self._write_end)
+                self._write_end = None
         try:
             self._process.wait(timeout)
         except subprocess.TimeoutExpired:
