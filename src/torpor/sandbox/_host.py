@@ -9,6 +9,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ __all__ = [
     "become_subreaper",
     "copy_tree",
     "has_sys_admin",
+    "hidden_paths",
     "mount",
     "mounts_under",
     "prepare_root_layer",
@@ -25,6 +27,7 @@ __all__ = [
     "require_privileges",
     "tree_bytes",
     "unmount_all",
+    "visible_paths",
 ]
 
 _MNT_DETACH = 2
@@ -60,14 +63,63 @@ def require_privileges(sandbox_id: str) -> None:
         )
 
 
-def prepare_root_layer(upper: Path, base: Path = Path("/"), keep: Sequence[str] = ()) -> None:
-    """Give a new root layer its private ``/dev`` (device nodes only) and ``/tmp``.
+# What a sandbox does not see of its base root. Directories listed here are replaced by empty
+# ones (of the same owner and mode), files by whiteouts, unless a path the sandbox must read
+# (its Python, its code, a shared path) lies below: then only the other entries are hidden.
+_HIDDEN = (
+    "root", "home",  # users' files: keys, tokens, shell histories, other projects
+    "etc/shadow", "etc/shadow-", "etc/gshadow", "etc/gshadow-", "etc/ssh", "etc/ssl/private",
+    "etc/sudoers", "etc/sudoers.d", "etc/security/opasswd",
+    "run",  # daemons' sockets (PostgreSQL's, D-Bus's), pid files
+    "var/backups", "var/log", "var/mail", "var/spool", "var/tmp",
+)  # fmt: skip
+# /var/lib holds services' data (databases: PostgreSQL's, MySQL's...): all of it is hidden
+# but the package managers' state, which programs such as pip and dpkg-query read.
+_VAR_LIB_VISIBLE = ("apt", "dpkg", "misc", "python", "ucf")
+# Hidden directories that stay as empty ones (programs expect them); others just vanish.
+_EMPTIED = {"root", "home", "run", "var/backups", "var/lib", "var/log", "var/mail", "var/spool",
+            "var/tmp"}  # fmt: skip
+
+
+def hidden_paths() -> list[str]:
+    """The host paths a sandbox launched by this process must not see, besides `_HIDDEN`:
+    torpor's home (the store, keys, blobs, other sandboxes), and the store's SQLite file and
+    blob directory when they live elsewhere."""
+    home = Path(os.environ.get("TORPOR_HOME") or Path.home() / ".torpor").expanduser()
+    paths = [str(home.absolute())]
+    database = os.environ.get("TORPOR_DATABASE_URL", "")
+    if database.startswith("sqlite://") and len(database) > len("sqlite://"):
+        db = database[len("sqlite://") :].split("?")[0]
+        paths += [db, db + "-wal", db + "-shm", db + "-journal"]
+    blobs = os.environ.get("TORPOR_BLOB_URL", "")
+    if blobs.startswith("file://"):
+        paths.append(blobs[len("file://") :])
+    return paths
+
+
+def visible_paths(share: Sequence[str | os.PathLike[str]] = ()) -> list[str]:
+    """What a sandbox must still see below hidden paths: ``share``, this process's Python
+    (prefix, executable, import path: the sandbox's runner is started from it) and the
+    target of ``/etc/resolv.conf``."""
+    paths = [*map(str, share), sys.prefix, sys.base_prefix, sys.exec_prefix, sys.executable]
+    paths += [p for p in sys.path if p]
+    paths.append("/etc/resolv.conf")
+    return [os.path.realpath(p) for p in paths]
+
+
+def prepare_root_layer(
+    upper: Path, base: Path = Path("/"), keep: Sequence[str] = (),
+    share: Sequence[str | os.PathLike[str]] = (),
+) -> None:  # fmt: skip
+    """Give a new root layer its private ``/dev`` (device nodes only) and ``/tmp``, and hide
+    what the sandbox must not see of ``base`` (`hidden_paths`).
 
     ``/dev`` is an opaque directory: overlayfs hides the base root's own below it. So is
     ``/tmp``, unless ``keep`` names entries of the base's ``/tmp`` the command needs (its
     Python environment, say, when the project lives under ``/tmp``): then every other
     entry present now is hidden by a whiteout instead, and the kept ones stay readable
-    (copy-on-write: writes to them stay in the sandbox).
+    (copy-on-write: writes to them stay in the sandbox). ``share`` and this process's
+    Python stay visible even below a hidden directory (`visible_paths`).
     """
     dev = upper / "dev"
     for directory, mode in ((dev, 0o755), (dev / "shm", 0o1777), (upper / "tmp", 0o1777)):
@@ -89,6 +141,83 @@ def prepare_root_layer(upper: Path, base: Path = Path("/"), keep: Sequence[str] 
         os.chmod(dev / name, 0o666)
     for name, target in _DEV_LINKS:
         os.symlink(target, dev / name)
+    visible = [p.lstrip("/") for p in visible_paths(share)]
+    visible += [f"var/lib/{name}" for name in _VAR_LIB_VISIBLE]
+    own = [str(upper.parent)]  # the sandbox's own directory (its layers, run/, workspace/)
+    if upper.parent.parent.name == "sandboxes":
+        own.append(str(upper.parent.parent))  # ... and the other sandboxes beside it
+    for path in [*_HIDDEN, "var/lib", *hidden_paths(), *own]:
+        rel = os.path.normpath(path).lstrip("/")
+        _hide(upper, base, rel, visible, empty_dir=path in _EMPTIED)
+
+
+def _hide(upper: Path, base: Path, rel: str, visible: list[str], empty_dir: bool) -> None:
+    """Hide ``base/rel`` in the root layer ``upper``, but for the ``visible`` paths below it.
+
+    A directory with nothing visible below becomes an empty opaque directory when
+    ``empty_dir`` (programs expect /root or /run to exist) and a whiteout otherwise; one
+    with visible paths below is kept, with its other entries hidden one by one.
+    """
+    lower = base / rel
+    if not rel or not os.path.lexists(lower) or _hidden_already(upper, base, rel):
+        return
+    below = [v for v in visible if v == rel or v.startswith(rel + "/")]
+    if rel in below:
+        return
+    _mirror_parents(upper, base, rel, traverse=bool(below))
+    target = upper / rel
+    if os.path.lexists(target):
+        return  # made already (/dev, /tmp)
+    st = os.lstat(lower)
+    if below and stat.S_ISDIR(st.st_mode):
+        _mirror_dir(lower, target, traverse=True)
+        for name in os.listdir(lower):
+            _hide(upper, base, f"{rel}/{name}", below, empty_dir=False)
+    elif empty_dir and stat.S_ISDIR(st.st_mode):
+        _mirror_dir(lower, target, traverse=False)
+        os.setxattr(target, "trusted.overlay.opaque", b"y")
+    else:
+        os.mknod(target, stat.S_IFCHR, os.makedev(0, 0))  # a whiteout
+
+
+def _hidden_already(upper: Path, base: Path, rel: str) -> bool:
+    """Whether an ancestor of ``rel`` is hidden in ``upper`` already (a whiteout or opaque
+    directory), or is a symbolic link in ``base`` (/var/run: its target is hidden instead)."""
+    parts = rel.split("/")
+    for i in range(1, len(parts)):
+        ancestor = "/".join(parts[:i])
+        if os.path.islink(base / ancestor):
+            return True
+        try:
+            st = os.lstat(upper / ancestor)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISCHR(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            return True
+        try:
+            if os.getxattr(upper / ancestor, "trusted.overlay.opaque") == b"y":
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def _mirror_parents(upper: Path, base: Path, rel: str, traverse: bool) -> None:
+    parts = rel.split("/")
+    for i in range(1, len(parts)):
+        ancestor = "/".join(parts[:i])
+        if not os.path.lexists(upper / ancestor):
+            _mirror_dir(base / ancestor, upper / ancestor, traverse)
+
+
+def _mirror_dir(lower: Path, target: Path, traverse: bool) -> None:
+    """A directory of the root layer with ``lower``'s owner and mode (which it then shows
+    for the merged directory); with ``traverse``, searchable by all, so that the sandbox's
+    unprivileged command reaches the visible paths below (a project under /root)."""
+    st = os.stat(lower)
+    target.mkdir(mode=0o700)
+    os.chown(target, st.st_uid, st.st_gid)
+    os.chmod(target, stat.S_IMODE(st.st_mode) | (0o111 if traverse else 0))
 
 
 def mount(sandbox_id: str, source: str, target: Path, fstype: str, data: str) -> None:
