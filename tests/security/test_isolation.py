@@ -9,6 +9,7 @@ CPU share, and the limit a killed sandbox hit named by `limits_hit`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -55,6 +56,15 @@ OWNER = textwrap.dedent(
     from torpor.sandbox import Checkpoint, Sandbox
     mode, arg = sys.argv[1:3]
     boxes = []
+    if mode == "launch-and-die":  # SIGKILLed while the launch waits for the command to start
+        import os, signal, time as real_time
+        import torpor.sandbox._launch
+        class DyingClock:
+            perf_counter, monotonic = real_time.perf_counter, real_time.monotonic
+            def sleep(seconds):
+                os.kill(os.getpid(), signal.SIGKILL)
+        torpor.sandbox._launch.time = DyingClock
+        mode = "launch"
     def start():
         if mode == "launch":
             boxes.append(Sandbox.launch(["python3", "-c", arg], workspace=sys.argv[3]))
@@ -163,6 +173,41 @@ def test_a_restored_sandbox_dies_with_its_owner(
     assert measured["gone"] < 1.0, measured
     (orphan,) = find_orphans(settings)
     assert orphan.sandbox_id == checkpoint.sandbox_id and orphan.running_pid is None
+
+
+@pytest.mark.usefixtures("cleanup")
+def test_a_sandbox_whose_owner_dies_mid_launch_never_runs_on(
+    settings: Settings, owner_env: dict[str, str], tmp_path: Path
+) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, "launch-and-die", COUNTER, str(workspace)],
+        env=owner_env, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert owner.wait(timeout=30) == -signal.SIGKILL  # after `unshare` ran, before the command
+    (directory,) = (settings.home / "sandboxes").iterdir()
+
+    def running() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    launcher = str(directory) in (entry / "cmdline").read_text()
+                    nspid = [x for x in (entry / "status").read_text().splitlines()
+                             if x.startswith("NSpid:")]  # fmt: skip
+                    inside = (
+                        nspid
+                        and len(nspid[0].split()) > 2
+                        and (f"upperdir={directory}/" in (entry / "mountinfo").read_text())
+                    )
+                    if launcher or inside:
+                        found.append(int(entry.name))
+        return found
+
+    assert wait_for(lambda: not running(), timeout=5), running()
+    time.sleep(0.5)
+    assert not running() and _count(workspace / "count") == 0
 
 
 def test_teardown_ends_the_watcher_and_a_finished_sandbox_leaves_none(settings: Settings) -> None:

@@ -270,18 +270,18 @@ class SandboxCore:
     def _criu(self) -> Criu:
         return find_criu(self._settings)
 
-    def _start_watch(self) -> None:
-        """Start the watcher that kills the tree if this process dies (`_watch.py`)."""
-        assert self._pid is not None
-        started = time.perf_counter()
+    def _start_watch(self, pid: int, started: int | None, tree: bool = False) -> None:
+        """Start the watcher that kills the tree if this process dies (`_watch.py`): on the
+        init ``pid``, or with ``tree`` on its launcher ``pid``."""
+        begun = time.perf_counter()
         try:
-            self._watch = Watch.start(self._pid, self._started, self.directory / "watch.log")
+            self._watch = Watch.start(pid, started, self.directory / "watch.log", tree)
         except OSError as exc:
             raise SandboxError(
                 self.id, f"cannot start the watcher that stops it when this process dies: {exc}",
                 "sandboxes need Linux 5.3 or later (pidfd_open); `torpor doctor` checks the host",
             ) from None  # fmt: skip
-        self.timings["watch"] = time.perf_counter() - started
+        self.timings["watch"] = time.perf_counter() - begun
 
     def _end_watch(self) -> None:
         if self._watch is not None:

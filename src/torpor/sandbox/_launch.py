@@ -16,7 +16,7 @@ from typing import Literal, Self
 
 from .._config import Settings
 from .._errors import SandboxError
-from . import _host
+from . import _host, _proc
 from ._cgroup import check_limits, create_cgroups
 from ._core import SandboxCore, new_directory, new_id
 
@@ -120,7 +120,6 @@ class Launching(SandboxCore):
             )
             box._save()
             box._start(base, ws, host, {**_BASE_ENV, **(env or {})})
-            box._start_watch()
         except BaseException:
             box.teardown()
             raise
@@ -155,6 +154,8 @@ class Launching(SandboxCore):
                 start_new_session=True,
                 env=env,
             )
+        # Watched from now on: the init is this launcher's child, killed with it.
+        self._start_watch(self._popen.pid, _proc.process_start_time(self._popen.pid), tree=True)
         ready = self.directory / "run" / "ready"
         deadline = time.monotonic() + _READY_TIMEOUT
         while not ready.exists():

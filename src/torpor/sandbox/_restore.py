@@ -194,7 +194,7 @@ class Restoring(SandboxCore):
             box._pid = int(pidfile.read_text())
             box._started = _proc.process_start_time(box._pid)
             box._save()
-            box._start_watch()
+            box._start_watch(box._pid, box._started)
             if box._lazy is not None:
                 box._lazy.watch(box._kill_for_pages)
         except BaseException:

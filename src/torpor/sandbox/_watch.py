@@ -5,16 +5,24 @@ relays its gateway calls, and stops it when the run ends. If the worker dies (SI
 killer, a host crash of the worker alone), nothing may run on unsupervised: a tool call that
 nobody records, a model paid for twice once the next worker restores the last checkpoint.
 
-So each sandbox gets a watcher, run as a script: ``python -I -S _watch.py PIDFD``. Its stdin is
-the read end of a pipe whose only write end the worker holds (non-inheritable, so no other
-child of the worker keeps it open); fd ``PIDFD`` is a pidfd of the sandbox's init, taken by
-the worker while it knew the init was the one it launched (a pid may be reused; a pidfd names
-one process for good). The watcher waits on both:
+So each sandbox gets a watcher, run as a script: ``python -I -S _watch.py PIDFD PID [tree]``.
+Its stdin is the read end of a pipe whose only write end the worker holds (non-inheritable, so
+no other child of the worker keeps it open); fd ``PIDFD`` is a pidfd of process ``PID``, taken
+by the worker while it knew the process was its own (a pid may be reused; a pidfd names one
+process for good). The watcher waits on both:
 
 - EOF on stdin: the worker is gone (or tore the sandbox down), so it sends SIGKILL through the
   pidfd. A pid namespace's init killed from outside takes every process of the namespace
   with it, at once.
 - the pidfd readable: the sandbox ended by itself (or was checkpointed), so it just exits.
+
+A restored sandbox is watched through its init. A launched one is watched from the moment its
+launcher (``unshare``, the worker's child, whose child becomes the init) exists, before the
+init does: then PID is the launcher and ``tree`` says to kill its children first. The
+launcher is stopped (SIGSTOP: it cannot fork any more, and a child that ends stays a zombie,
+so no pid is reused), its children are killed, then itself. No moment of the launch is
+unwatched. A restore is watched from when CRIU returns: the restored tree has run for
+the milliseconds CRIU takes to exit.
 
 Why not ``PR_SET_PDEATHSIG`` on the init: it fires when the parent *thread* ends, and workers
 launch sandboxes from worker threads; a restored init's parent is CRIU's, not the worker. The
@@ -33,6 +41,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 __all__ = ["Watch"]
@@ -51,8 +60,9 @@ class Watch:
         self._lock = threading.Lock()  # poll() may run in several threads at once
 
     @classmethod
-    def start(cls, pid: int, started: int | None, log: Path) -> Watch | None:
-        """Watch the process ``pid`` (which started at ``started``, in clock ticks).
+    def start(cls, pid: int, started: int | None, log: Path, tree: bool = False) -> Watch | None:
+        """Watch the process ``pid`` (which started at ``started``, in clock ticks); with
+        ``tree``, a launcher whose children are to be killed with it.
 
         Returns None if it is already gone: there is nothing left to stop.
 
@@ -74,7 +84,8 @@ class Watch:
             try:
                 with open(log, "ab") as err:
                     process = subprocess.Popen(
-                        [sys.executable, "-I", "-S", str(_SCRIPT), str(pidfd)],
+                        [sys.executable, "-I", "-S", str(_SCRIPT), str(pidfd), str(pid)]
+                        + (["tree"] if tree else []),
                         stdin=read_end,
                         stdout=subprocess.DEVNULL,
                         stderr=err,
@@ -109,7 +120,7 @@ class Watch:
             self._process.wait()
 
 
-def _watch(pidfd: int) -> None:
+def _watch(pidfd: int, pid: int, tree: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only EOF or the sandbox's end stop it
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -119,10 +130,50 @@ def _watch(pidfd: int) -> None:
             return
         if os.read(0, 4096):  # nobody writes; data would be no reason to kill
             continue
-        with contextlib.suppress(ProcessLookupError):  # EOF: the worker is gone or let go
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        return
+        break
+    # EOF: the worker is gone or let go.
+    with contextlib.suppress(ProcessLookupError):
+        if tree:
+            signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
+            _kill_children(pid)
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...), or []."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return []
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _kill_children(pid: int) -> None:
+    """SIGKILL the children of the stopped process ``pid`` (a launcher that was stopped
+    cannot fork, and cannot reap: the pids read here stay theirs)."""
+    deadline = time.monotonic() + 1.0
+    while (_stat(pid) or ["?"])[0] not in "tTZX?" and time.monotonic() < deadline:
+        time.sleep(0.001)
+    children: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(c) for c in f.read().split()]
+    for child in children:
+        try:
+            child_fd = os.pidfd_open(child)
+        except OSError:
+            continue
+        try:
+            fields = _stat(child)
+            if len(fields) > 1 and fields[1] == str(pid):  # still the launcher's child
+                signal.pidfd_send_signal(child_fd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(child_fd)
 
 
 if __name__ == "__main__":
-    _watch(int(sys.argv[1]))
+    _watch(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:] == ["tree"])
