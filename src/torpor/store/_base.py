@@ -9,10 +9,35 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from .._config import DEFAULT_MAX_PAYLOAD_BYTES
-from .._errors import TorporError
+from .._errors import FencedError, TorporError
 from .._model import Event, LogEntry, Road, RunRecord, RunStatus, SnapshotRecord, Timer
 
-__all__ = ["Appended", "Store", "encode_json"]
+__all__ = ["Appended", "RunEndedError", "Store", "StoreNotFoundError", "encode_json"]
+
+#: The statuses a run ends in: its status and output are final (only an operator's
+#: `requeue_run` / `rollback_run`, or a fork, start a new timeline).
+TERMINAL = tuple(s.value for s in RunStatus if s.terminal)
+
+
+class RunEndedError(FencedError):
+    """A worker's (or sandbox's) write to a run that has ended: refused, nothing changed.
+
+    A `FencedError`: an ended run fences out every holder, so the paths that stop work
+    on a lost lease stop here too.
+    """
+
+    def __init__(self, run_id: str, epoch: int, status: str, operation: str) -> None:
+        TorporError.__init__(
+            self,
+            f"run {run_id} is {status}: cannot {operation}; an ended run's status, output "
+            f"and log are final (`torpor resume {run_id}` or `torpor fork {run_id}` start a "
+            "new timeline)",
+        )
+        self.run_id = run_id
+        self.epoch = epoch
+        self.current_epoch = epoch
+        self.status = status
+        self.operation = operation
 
 
 class Appended(NamedTuple):
@@ -20,6 +45,19 @@ class Appended(NamedTuple):
 
     seq: int
     cancel_requested: bool
+
+
+class StoreNotFoundError(TorporError):
+    """A command that only reads or acts on existing runs was pointed at a store that
+    does not exist: it is not created (a mistyped URL would otherwise yield an empty one)."""
+
+    def __init__(self, url: str, why: str) -> None:
+        super().__init__(
+            f"no torpor store at {url} ({why}); check TORPOR_DATABASE_URL, or create the "
+            "store by starting a worker (`torpor worker`) or a run (`torpor run FILE:FUNC`)"
+        )
+        self.url = url
+        self.why = why
 
 
 def encode_json(value: Any, what: str) -> str:
@@ -123,6 +161,8 @@ class Store(ABC):
         """Set a held run's status (and output/error/wake time); ``release`` drops the lease.
 
         ``entry`` (kind, payload) is appended to the log in the same transaction.
+        Raises `FencedError` if ``epoch`` is no longer the run's, and `RunEndedError` (one)
+        if the run has ended: a terminal status is final, whoever holds the epoch.
         """
 
     # -- the context log ----------------------------------------------------------------
@@ -141,6 +181,9 @@ class Store(ABC):
 
         With ``expected_seq``, the entry must get exactly that seq: if another writer
         appended first, `LogConflictError` is raised and nothing is written.
+        With ``epoch`` (a worker's or its sandbox's write), `FencedError` if the run was
+        claimed since, `RunEndedError` if it has ended. Without one (an operator's note, a
+        fork copying its parent's log), the entry is appended whatever the run's status.
         """
 
     @abstractmethod

@@ -14,7 +14,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .._config import DEFAULT_MAX_PAYLOAD_BYTES, redact_url
 from .._errors import StoreUnavailableError
-from ._base import Appended, encode_json
+from ._base import Appended, StoreNotFoundError, encode_json
 from ._sql import SqlStore
 from ._sql_records import Cursor, Tx, bump_last_seq
 
@@ -66,6 +66,7 @@ class PostgresStore(SqlStore):
         *,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         pool_size: int = 8,
+        create: bool = True,
     ) -> None:
         self.url = url
         self.max_payload_bytes = max_payload_bytes
@@ -74,6 +75,10 @@ class PostgresStore(SqlStore):
         # needs the server's reason (refused, bad password, unknown database).
         try:
             with psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT_S) as conn:
+                if not create:
+                    found = conn.execute("SELECT to_regclass('torpor_schema')").fetchone()
+                    if found is None or found[0] is None:
+                        raise StoreNotFoundError(shown, "the database has no torpor tables")
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
                 self._migrate(_PgTx(conn))
         except psycopg.Error as exc:
@@ -143,7 +148,7 @@ class PostgresStore(SqlStore):
             tx = _PgTx(conn)
             row = tx.execute(sql, [*params, run_id, kind, text, now]).fetchone()
             if row is None:
-                self._append_refused(tx, run_id, expected_seq, epoch)
+                self._append_refused(tx, run_id, kind, expected_seq, epoch)
         return Appended(int(row[0]), bool(row[1]))
 
     def close(self) -> None:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .._errors import FencedError, RunNotFoundError, RunStateError, TorporError
 from .._model import Road, RunRecord, RunStatus, new_run_id
-from ._base import encode_json
+from ._base import TERMINAL, RunEndedError, encode_json
 from ._sql_records import PARKED, RUN_COLUMNS, SqlRecords, Tx, run_from_row
 
 __all__ = ["SqlStore"]
@@ -191,7 +191,7 @@ class SqlStore(SqlRecords):
                 (now + lease_seconds, run_id, epoch, worker_id),
             ).fetchone()
             if row is None:
-                self._raise_fenced(tx, run_id, epoch)
+                self._raise_fenced(tx, run_id, epoch, "renew its lease")
             return bool(row[0])
 
     def update_run(
@@ -215,21 +215,30 @@ class SqlStore(SqlRecords):
         sets = "status = ?, output = ?, error = ?, wake_at = ?, updated_at = ?"
         if release or status.terminal:
             sets += ", lease_owner = NULL, lease_expires_at = NULL"
+        ended = ", ".join("?" * len(TERMINAL))
         with self._write() as tx:
+            # The WHERE refuses an ended run in the same statement that would change it: no
+            # holder of the epoch (a sandbox forging its end, a worker finishing late)
+            # changes a final status or output.
             row = tx.execute(
-                f"UPDATE torpor_runs SET {sets} WHERE id = ? AND epoch = ? RETURNING {RUN_COLUMNS}",
-                (status.value, output_json, error_json, wake_at, now, run_id, epoch),
+                f"UPDATE torpor_runs SET {sets} WHERE id = ? AND epoch = ? "
+                f"AND status NOT IN ({ended}) RETURNING {RUN_COLUMNS}",
+                (status.value, output_json, error_json, wake_at, now, run_id, epoch, *TERMINAL),
             ).fetchone()
             if row is None:
-                self._raise_fenced(tx, run_id, epoch)
+                self._raise_fenced(tx, run_id, epoch, f"set its status to {status.value}")
             if entry is not None:
                 kind, payload = entry
-                self._append_in(tx, run_id, kind, encode_json(payload, kind), None, epoch, now)
+                text = encode_json(payload, kind)
+                self._append_in(tx, run_id, kind, text, None, epoch, now, ended_ok=True)
                 return self._get_run(tx, run_id)
             return run_from_row(row)
 
-    def _raise_fenced(self, tx: Tx, run_id: str, epoch: int) -> None:
+    def _raise_fenced(self, tx: Tx, run_id: str, epoch: int, operation: str) -> NoReturn:
+        """Say why a held run's row took no write: unknown, claimed since, or ended."""
         current = self._get_run(tx, run_id)  # raises RunNotFoundError
+        if current.epoch == epoch and current.status.terminal:
+            raise RunEndedError(run_id, epoch, current.status.value, operation)
         raise FencedError(run_id, epoch, current.epoch)
 
     # -- resuming and rolling back --------------------------------------------------------
@@ -242,10 +251,12 @@ class SqlStore(SqlRecords):
                 raise RunStateError(
                     run_id, run.status.value, "resume it (only failed or cancelled runs resume)"
                 )
+            # A new epoch, as a rollback's: a holder of the ended timeline's epoch (a late
+            # worker, its sandbox) cannot write into the new one before it is claimed.
             tx.execute(
                 "UPDATE torpor_runs SET status = ?, error = NULL, cancel_requested = 0, "
-                "lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, updated_at = ? "
-                "WHERE id = ?",
+                "lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL, "
+                "epoch = epoch + 1, updated_at = ? WHERE id = ?",
                 (RunStatus.QUEUED.value, now, run_id),
             )
             self._append_in(

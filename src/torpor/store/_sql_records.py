@@ -26,7 +26,7 @@ from .._errors import (
     TorporError,
 )
 from .._model import Event, LogEntry, Road, RunRecord, RunStatus, SnapshotRecord, Timer
-from ._base import Appended, Store, encode_json
+from ._base import TERMINAL, Appended, RunEndedError, Store, encode_json
 from ._schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["PARKED", "RUN_COLUMNS", "Cursor", "SqlRecords", "Tx", "bump_last_seq", "run_from_row"]
@@ -102,9 +102,13 @@ def _snapshot_from_row(row: Sequence[Any]) -> SnapshotRecord:
 
 
 def bump_last_seq(
-    run_id: str, expected_seq: int | None, epoch: int | None, now: float
+    run_id: str, expected_seq: int | None, epoch: int | None, now: float, *, ended_ok: bool = False
 ) -> tuple[str, list[Any]]:
-    """The UPDATE that takes the next seq of a run's log (and checks seq and epoch)."""
+    """The UPDATE that takes the next seq of a run's log (and checks seq and epoch).
+
+    A write under an ``epoch`` (a worker's or its sandbox's) matches no row once the run
+    has ended, unless ``ended_ok`` (the entry recording the end, in the same transaction).
+    """
     sql = "UPDATE torpor_runs SET last_seq = last_seq + 1, updated_at = ? WHERE id = ?"
     params: list[Any] = [now, run_id]
     if expected_seq is not None:
@@ -113,6 +117,9 @@ def bump_last_seq(
     if epoch is not None:
         sql += " AND epoch = ?"
         params.append(epoch)
+        if not ended_ok:
+            sql += f" AND status NOT IN ({', '.join('?' * len(TERMINAL))})"
+            params.extend(TERMINAL)
     return sql + " RETURNING last_seq, cancel_requested", params
 
 
@@ -203,15 +210,18 @@ class SqlRecords(Store):
         expected_seq: int | None,
         epoch: int | None,
         now: float,
+        *,
+        ended_ok: bool = False,
     ) -> Appended:
         """Append already-encoded JSON ``text`` inside the caller's transaction.
 
         Returns the new seq and whether cancellation of the run has been requested.
+        ``ended_ok``: the run may have ended (the entry that records its end).
         """
-        bump, params = bump_last_seq(run_id, expected_seq, epoch, now)
+        bump, params = bump_last_seq(run_id, expected_seq, epoch, now, ended_ok=ended_ok)
         row = tx.execute(bump, params).fetchone()
         if row is None:
-            self._append_refused(tx, run_id, expected_seq, epoch)
+            self._append_refused(tx, run_id, kind, expected_seq, epoch)
         seq = int(row[0])
         tx.execute(
             "INSERT INTO torpor_log (run_id, seq, kind, payload, created_at) "
@@ -221,12 +231,15 @@ class SqlRecords(Store):
         return Appended(seq, bool(row[1]))
 
     def _append_refused(
-        self, tx: Tx, run_id: str, expected_seq: int | None, epoch: int | None
+        self, tx: Tx, run_id: str, kind: str, expected_seq: int | None, epoch: int | None
     ) -> NoReturn:
-        """Say why the run's row did not take the append: unknown, fenced, or moved on."""
+        """Say why the run's row did not take the append: unknown, fenced, ended, or moved
+        on."""
         current = self._get_run(tx, run_id)
         if epoch is not None and current.epoch != epoch:
             raise FencedError(run_id, epoch, current.epoch)
+        if epoch is not None and current.status.terminal:
+            raise RunEndedError(run_id, epoch, current.status.value, f"append {kind!r} to its log")
         raise LogConflictError(run_id, int(expected_seq or 0), current.last_seq + 1)
 
     def read(self, run_id: str, after: int = 0, limit: int | None = None) -> list[LogEntry]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .._config import DEFAULT_MAX_PAYLOAD_BYTES
 from .._errors import StoreUnavailableError, TorporError
+from ._base import StoreNotFoundError
 from ._sql import SqlStore
 from ._sql_records import Tx
 
@@ -48,9 +49,12 @@ class SQLiteStore(SqlStore):
         *,
         synchronous: str = "FULL",
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        create: bool = True,
     ) -> None:
         self.url = url
         self.path = sqlite_path(url)
+        if not create and not self.path.is_file():
+            raise StoreNotFoundError(url, f"{self.path} does not exist")
         self.synchronous = synchronous
         self.max_payload_bytes = max_payload_bytes
         self._local = threading.local()
