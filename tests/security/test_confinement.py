@@ -10,6 +10,7 @@ lazy restore and a fork: confinement is part of what CRIU restores, and must sur
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
@@ -37,9 +38,10 @@ PROBE = textwrap.dedent(
     import ctypes, errno, json, os, platform, struct, subprocess, sys, time
     libc = ctypes.CDLL(None, use_errno=True)
     NR = {"x86_64": {"open_by_handle_at": 304, "name_to_handle_at": 303, "keyctl": 250,
-                     "bpf": 321, "unshare": 272, "ptrace": 101, "getpid": 39},
+                     "bpf": 321, "unshare": 272, "ptrace": 101, "getpid": 39, "clone": 56},
           "aarch64": {"open_by_handle_at": 265, "name_to_handle_at": 264, "keyctl": 219,
-                      "bpf": 280, "unshare": 97, "ptrace": 117, "getpid": 172}}[platform.machine()]
+                      "bpf": 280, "unshare": 97, "ptrace": 117, "getpid": 172, "clone": 220},
+          }[platform.machine()]
 
     def outcome(result):
         return "ok" if result >= 0 else errno.errorcode[ctypes.get_errno()]
@@ -111,7 +113,12 @@ PROBE = textwrap.dedent(
         seen["bpf"] = outcome(libc.syscall(NR["bpf"], 0, 0, 0))
         seen["x32 syscall"] = outcome(libc.syscall(0x40000000 | NR["getpid"]))
         seen["i386 syscall"] = i386_syscall()
+        seen["the host's System V shared memory"] = outcome(libc.shmget(int(sys.argv[2]), 0, 0))
         # Last: a user namespace, once made, would change what the attacks above may do.
+        child = libc.syscall(NR["clone"], 0x10000000 | 17, 0, 0, 0, 0)  # NEWUSER | SIGCHLD
+        if child == 0:
+            os._exit(0)  # the copy, made as fork makes one
+        seen["clone into a user namespace"] = outcome(child)
         seen["unshare user namespace"] = outcome(libc.syscall(NR["unshare"], 0x10000000))
         print(json.dumps(seen), flush=True)
     """
@@ -154,6 +161,8 @@ def seen(criu: Criu, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
         home=home, database_url=f"sqlite://{home / 'torpor.db'}", blob_url=f"file://{home}/b"
     )
     boxes: list[Sandbox] = []
+    libc = ctypes.CDLL(None, use_errno=True)
+    shm_id = -1
     try:
         home.mkdir(parents=True)
         (home / "torpor.db").write_text("the store")
@@ -171,7 +180,11 @@ def seen(criu: Criu, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
         hidden.update({"a file in /root": str(root_secret), "TORPOR_HOME": str(home),
                        "the store's database": str(home / "torpor.db")})  # fmt: skip
         # The test's own Python (a virtualenv; its base may live under /root, hidden).
-        cmd = [sys.executable, "-c", PROBE, json.dumps(hidden)]
+        # A System V shared memory segment of the host's root, which uid 0 could attach.
+        shm_key = 0x74700000 | secrets.randbelow(1 << 16)
+        shm_id = libc.shmget(shm_key, 4096, 0o1000 | 0o600)  # IPC_CREAT
+        assert shm_id >= 0, os.strerror(ctypes.get_errno())
+        cmd = [sys.executable, "-c", PROBE, json.dumps(hidden), str(shm_key)]
         results: dict[str, dict] = {}
         box = Sandbox.launch(cmd, settings=settings)
         boxes.append(box)
@@ -203,6 +216,8 @@ def seen(criu: Criu, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
         else:
             os.environ["TORPOR_HOME"] = saved
         root_secret.unlink(missing_ok=True)
+        if shm_id >= 0:
+            libc.shmctl(shm_id, 0, None)  # IPC_RMID
         shutil.rmtree(home, ignore_errors=True)
     assert not _criu_fixtures._sandboxed_pids(home), "sandboxed processes left running"
 
@@ -253,6 +268,8 @@ RULES: dict[str, Rule] = {
     "reading kcore": _refused("read kcore", "EACCES", "EPERM", "ENOENT"),
     "mounting a cgroup hierarchy": _refused("mount cgroup", "EPERM"),
     "a new user namespace": _refused("unshare user namespace", "EPERM"),
+    "a child in a new user namespace": _refused("clone into a user namespace", "EPERM"),
+    "the host's System V IPC objects": _refused("the host's System V shared memory", "ENOENT"),
     "ptrace of the reaper": _refused("ptrace the reaper", "EPERM"),
     "the reaper's memory": _refused("open the reaper's memory", "EACCES", "EPERM"),
     "keyctl": _refused("keyctl", "EPERM"),
