@@ -32,6 +32,7 @@ def test_version_and_help(cli: Cli) -> None:
 
 
 def test_ps_log_and_json_contracts(cli: Cli, db_url: str) -> None:
+    open_store(db_url).close()  # ps reads: it refuses a store that does not exist yet
     assert cli("ps", "--json").out.strip() == "[]"
     with open_store(db_url) as store:
         run = store.create_run("app:wf", input=["acme"])
@@ -136,7 +137,8 @@ def test_bad_input_is_one_line_and_writes_nothing(cli: Cli, db_url: str, tmp_pat
     ("url", "needle"),
     [
         ("postgresql://torpor@127.0.0.1:1/torpor", "cannot open the torpor store"),
-        ("sqlite:///proc/no/such/dir/torpor.db", "cannot open the torpor store"),
+        # Commands that read or act on existing runs do not create a store that is missing.
+        ("sqlite:///proc/no/such/dir/torpor.db", "no torpor store at sqlite:///proc/no/such"),
         ("mysql://localhost/x", "unsupported database URL"),
     ],
 )

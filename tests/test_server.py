@@ -68,9 +68,10 @@ def test_authentication_is_required(live: Live) -> None:
             assert basic.status_code == 401
         assert raw.get("/v1/runs", headers=AUTH).status_code == 200
         assert raw.get("/v1/runs", headers={"Authorization": f"bearer  {TOKEN}"}).is_success
-        # Health and the schema need no token.
+        # Health alone needs no token; the schema needs it like every other route.
         assert raw.get("/healthz").json() == {"status": "ok", "version": __version__}
-        schema = raw.get("/openapi.json").json()
+        assert raw.get("/openapi.json").status_code == 401
+        schema = raw.get("/openapi.json", headers=AUTH).json()
         assert "/v1/runs/{run_id}/log/stream" in schema["paths"]
         assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 

@@ -326,10 +326,16 @@ def test_key_from_environment(tmp_path: Path) -> None:
     material = os.urandom(32)
     by_hex = SnapshotKey.from_env({"TORPOR_SNAPSHOT_KEY": material.hex()})
     (tmp_path / "key").write_bytes(material)
+    (tmp_path / "key").chmod(0o600)
     by_file = SnapshotKey.from_env({"TORPOR_SNAPSHOT_KEY_FILE": str(tmp_path / "key")})
     assert by_hex is not None and by_file is not None
     assert by_hex.fingerprint == by_file.fingerprint
-    assert SnapshotKey.from_env({}) is None
+    # Neither set: the machine's own key, generated under TORPOR_HOME; "none" opts out.
+    home = tmp_path / "home"
+    generated = SnapshotKey.from_env({"TORPOR_HOME": str(home)})
+    assert generated is not None and (home / "snapshot.key").is_file()
+    assert SnapshotKey.from_env({}, home=home).fingerprint == generated.fingerprint  # type: ignore[union-attr]
+    assert SnapshotKey.from_env({"TORPOR_SNAPSHOT_KEY": "none"}, home=home) is None
     with pytest.raises(ConfigError, match="256-bit"):
         SnapshotKey.from_env({"TORPOR_SNAPSHOT_KEY": "too-short"})
 

@@ -100,14 +100,18 @@ def _worker(env: dict[str, str]) -> WorkerProcess:
 def _agent_run(
     road: str, store: Store, server: ScriptedModelServer, echo: Callable[[str], None]
 ) -> _RoadResult:
-    env = {**os.environ, "OPENAI_API_KEY": os.environ["OPENAI_API_KEY"]}
+    # The endpoint is the workers' configuration: code in a sandbox cannot choose one.
+    env = {
+        **os.environ,
+        "OPENAI_API_KEY": os.environ["OPENAI_API_KEY"],
+        "OPENAI_BASE_URL": server.openai_base_url,
+    }
     if road == "snapshot":
         env["TORPOR_CHECKPOINT_POLICY"] = "step"  # a snapshot after every recorded step
     agent = Agent(
         "openai:scripted-coder",
         tools=["write_file", "read_file", "list_files", "shell", "ask_human"],
         system="You are a careful coding agent.",
-        base_url=server.openai_base_url,
     )
     handle: Run = start(agent.run, TASK, detach=True, road=road)
     result = _RoadResult(road, run_id=handle.id)

@@ -82,8 +82,10 @@ def main(ctx: click.Context, url: str | None, token: str | None) -> None:
 main.params.append(_log_format_option())
 
 
-def _open() -> Store:
-    return open_store(settings=Settings.from_env())
+def _open(*, create: bool = False) -> Store:
+    """The store; one that does not exist yet is refused unless ``create`` (a command that
+    only reads or acts on existing runs must not make an empty store of a mistyped URL)."""
+    return open_store(settings=Settings.from_env(), create=create)
 
 
 def _emit_json(value: Any) -> None:
@@ -247,4 +249,4 @@ def demo() -> None:
     """The offline demonstration: a durable coding agent crashed with SIGKILL and resumed."""
     from ._demo import run_demo
 
-    run_demo(_open, click.echo)
+    run_demo(lambda: _open(create=True), click.echo)

@@ -14,7 +14,8 @@ __all__ = ["snapshot", "snapshots"]
 
 
 def _open() -> Store:
-    return open_store(settings=Settings.from_env())
+    """The store, which must exist: both commands act on an existing run."""
+    return open_store(settings=Settings.from_env(), create=False)
 
 
 @click.command()

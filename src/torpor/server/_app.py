@@ -1,8 +1,8 @@
 """The HTTP API over one store: `create_app(store, token)`.
 
 The server enqueues runs and reads and changes their state; `torpor worker` processes
-execute them. Every endpoint under ``/v1`` and ``/metrics`` needs the bearer token, or the
-dashboard's session cookie (``/dashboard/``, see `_dashboard`).
+execute them. Every endpoint but ``/healthz`` (``/v1``, ``/metrics``, ``/openapi.json``) needs
+the bearer token, or the dashboard's session cookie (``/dashboard/``, see `_dashboard`).
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ def create_app(store: Store, token: str, *, max_body_bytes: int | None = None) -
         "logs, events and snapshots. Authenticate with `Authorization: Bearer <token>`.",
         docs_url=None,  # the interactive pages load scripts from a CDN; the schema suffices
         redoc_url=None,
+        openapi_url=None,  # served below, behind the token like every route but /healthz
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=max_body_bytes or store.max_payload_bytes + _BODY_OVERHEAD)
@@ -170,6 +171,16 @@ def create_app(store: Store, token: str, *, max_body_bytes: int | None = None) -
     def metrics_endpoint() -> Response:
         """Runs by status, bytes stored, snapshot and step latencies (Prometheus text)."""
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get(
+        "/openapi.json",
+        tags=["service"],
+        dependencies=[Depends(authenticate)],
+        include_in_schema=False,
+    )
+    def openapi_schema() -> Any:
+        """The OpenAPI schema: it names every route and field, so it needs the token too."""
+        return app.openapi()
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=_ERRORS)
 

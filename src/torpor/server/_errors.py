@@ -124,6 +124,13 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail)
         if exc.status_code == 404:
             message = "no such endpoint; GET /openapi.json lists them"
+        elif exc.status_code == 400 and message == "There was an error parsing the body":
+            # FastAPI's word for a body json.loads gave up on (e.g. nested too deeply).
+            kind = "InvalidJSON"
+            message = (
+                "the request body cannot be parsed as JSON (nested too deeply?); send JSON "
+                "nested at most a few hundred levels"
+            )
         response = error_response(exc.status_code, kind, message)
         for key, value in (exc.headers or {}).items():
             response.headers[key] = value
@@ -140,6 +147,16 @@ def install_error_handlers(app: FastAPI) -> None:
         log.error("store error: %s", first)
         return error_response(503, "StoreError", f"store error: {first}")
 
+    async def on_too_deep(_: Request, exc: Exception) -> JSONResponse:
+        # json.loads (FastAPI's or ours) gives up on arrays nested ~1000 deep with a
+        # RecursionError: bad input, answered in one line, not an internal error.
+        return error_response(
+            400,
+            "InvalidJSON",
+            "the request body nests arrays or objects too deeply to parse; send JSON "
+            "nested at most a few hundred levels",
+        )
+
     async def on_anything(_: Request, exc: Exception) -> JSONResponse:
         log.error("internal error", exc_info=exc)
         return error_response(
@@ -153,6 +170,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UnicodeError, on_unicode)
     app.add_exception_handler(sqlite3.Error, on_database)
     app.add_exception_handler(psycopg.Error, on_database)
+    app.add_exception_handler(RecursionError, on_too_deep)
     app.add_exception_handler(Exception, on_anything)
 
 

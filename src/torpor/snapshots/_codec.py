@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import os
+import stat
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +27,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .._errors import ConfigError
 
-__all__ = ["BlobCodec", "DecodeError", "SnapshotKey"]
+__all__ = ["KEY_FILE", "BlobCodec", "DecodeError", "SnapshotKey"]
+
+#: This machine's generated snapshot key, under TORPOR_HOME.
+KEY_FILE = "snapshot.key"
 
 _MAGIC = b"TB"
 _VERSION = 1
@@ -82,28 +87,88 @@ class SnapshotKey:
         )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> SnapshotKey | None:
-        """The key ``TORPOR_SNAPSHOT_KEY`` holds, or the one in ``TORPOR_SNAPSHOT_KEY_FILE``;
-        None when neither is set (snapshots are then stored unencrypted)."""
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, home: Path | None = None
+    ) -> SnapshotKey | None:
+        """The key snapshots are encrypted with: ``TORPOR_SNAPSHOT_KEY`` (``none``: stored
+        unencrypted, on purpose), else the key in ``TORPOR_SNAPSHOT_KEY_FILE``, else this
+        machine's own key in ``home``/snapshot.key (``home``: default ``TORPOR_HOME``),
+        generated on first use.
+
+        A key file its group or others can read, or one that is a symbolic link, is refused.
+        The generated key is one machine's: workers on several machines sharing a blob store
+        need one key, set by the operator in ``TORPOR_SNAPSHOT_KEY(_FILE)``.
+        """
         env = os.environ if environ is None else environ
-        if env.get("TORPOR_SNAPSHOT_KEY"):
-            return cls.parse(env["TORPOR_SNAPSHOT_KEY"], "TORPOR_SNAPSHOT_KEY")
+        value = env.get("TORPOR_SNAPSHOT_KEY")
+        if value:
+            if value.strip().casefold() == "none":
+                return None
+            return cls.parse(value, "TORPOR_SNAPSHOT_KEY")
         if env.get("TORPOR_SNAPSHOT_KEY_FILE"):
             path = Path(env["TORPOR_SNAPSHOT_KEY_FILE"]).expanduser()
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise ConfigError(
-                    f"TORPOR_SNAPSHOT_KEY_FILE={path}: cannot read it ({exc.strerror})"
-                ) from None
-            return cls.parse(data if len(data) == 32 else data.strip(), str(path))
-        return None
+            return cls.parse(_read_key_file(path, "TORPOR_SNAPSHOT_KEY_FILE="), str(path))
+        if home is None:
+            home = Path(env.get("TORPOR_HOME") or Path.home() / ".torpor").expanduser()
+        path = home.absolute() / KEY_FILE
+        found = os.path.lexists(path)
+        return cls.parse(_read_key_file(path, "") if found else _create_key(path), str(path))
 
     def encrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
         return self._aead.encrypt(nonce, data, aad)
 
     def decrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
         return self._aead.decrypt(nonce, data, aad)
+
+
+def _read_key_file(path: Path, named: str) -> bytes:
+    """A key file's bytes, if only its owner can read it and it is no link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(
+                f"{named}{path}: the snapshot key file is a symbolic link; put the key "
+                "itself there (mode 0600)"
+            ) from None
+        raise ConfigError(f"{named}{path}: cannot read it ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"{named}{path}: the snapshot key file is readable by its group or others "
+                f"(mode {stat.S_IMODE(mode):04o}); make it private with: chmod 600 {path}"
+            )
+        data = f.read()
+    return data if len(data) == 32 else data.strip()
+
+
+def _create_key(path: Path) -> bytes:
+    """Write a new key to ``path`` (mode 0600), or read the one another process wrote
+    first: the key is written to a private temporary file and linked into place, so the
+    name appears only with the whole key behind it and two workers racing share one key."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        text = (os.urandom(32).hex() + "\n").encode()
+        temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                return _read_key_file(path, "")  # another worker's, written first
+        finally:
+            os.unlink(temp)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the snapshot key {path}: {exc.strerror}; make TORPOR_HOME "
+            "writable, or set TORPOR_SNAPSHOT_KEY / TORPOR_SNAPSHOT_KEY_FILE"
+        ) from None
+    return text.strip()
 
 
 class BlobCodec:

@@ -141,12 +141,14 @@ class SnapshotStore:
     def from_settings(cls, store: Store, settings: Settings | None = None) -> SnapshotStore:
         """The snapshot store ``settings`` configure (default: the environment's):
         ``TORPOR_BLOB_URL``, ``TORPOR_S3_ADDRESSING_STYLE``, ``TORPOR_SNAPSHOT_KEEP``, and
-        the key in ``TORPOR_SNAPSHOT_KEY``/``TORPOR_SNAPSHOT_KEY_FILE``."""
+        the key in ``TORPOR_SNAPSHOT_KEY``/``TORPOR_SNAPSHOT_KEY_FILE``, else the machine's
+        own under ``TORPOR_HOME`` (encrypted by default; ``TORPOR_SNAPSHOT_KEY=none`` opts
+        out)."""
         settings = settings or Settings.from_env()
         return cls(
             store,
             open_blob_store(settings.blob_url, settings=settings),
-            key=SnapshotKey.from_env(),
+            key=SnapshotKey.from_env(home=settings.home),
             keep_last=settings.snapshot_keep,
         )
 
