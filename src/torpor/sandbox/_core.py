@@ -13,6 +13,7 @@ A sandbox directory holds::
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import secrets
@@ -242,6 +243,11 @@ class SandboxCore:
             return
         self.kill()
         self._end_watch()
+        if self._popen is not None and self._pid is None:
+            # A launch that failed before its init was ready: the watcher, just ended,
+            # killed the launcher and what it had started. Reaped here.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._popen.wait(timeout=5)
         if self._lazy is not None:
             self._lazy.stop()
         remove_cgroups(self._cgroups)
