@@ -149,6 +149,13 @@ def test_unreachable_database_is_a_clear_error(tmp_path: Path, url: str, needle:
 
 
 def test_doctor_reports_the_store(cli: Cli, db_url: str) -> None:
+    # A store that does not exist yet is reported, not created.
+    result = cli("doctor")
+    assert "--    store" in result.out and "not created yet" in result.out, result.out
+    assert "--    snapshot key" in result.out and "generated (mode 0600)" in result.out
+    with pytest.raises(Exception, match="no torpor store"):
+        open_store(db_url, create=False)
+    open_store(db_url).close()
     result = cli("doctor")
     assert result.code == 0, result.out + result.err
     assert "ok    store" in result.out and "schema v2 of v2" in result.out

@@ -26,7 +26,7 @@ from ..sandbox import (
     has_sys_admin,
     remove_orphans,
 )
-from ..store import SCHEMA_VERSION, open_store
+from ..store import SCHEMA_VERSION, StoreNotFoundError, open_store
 
 __all__ = ["doctor"]
 
@@ -62,6 +62,7 @@ def doctor(settings: Settings, echo: Callable[[str], None], cleanup: bool = Fals
     _check_home(report, settings.home)
     _check_store(report, settings)
     _check_blobs(report, settings.blob_url)
+    _check_snapshot_key(report, settings)
     _check_snapshot_road(report, settings)
     _check_orphans(report, settings, cleanup)
     _check_criu_cache(report, cleanup)
@@ -89,9 +90,13 @@ def _check_home(report: _Report, home: Path) -> None:
 def _check_store(report: _Report, settings: Settings) -> None:
     shown = redact_url(settings.database_url)
     try:
-        with open_store(settings=settings) as store:
+        with open_store(settings=settings, create=False) as store:
             version = store.schema_version()
             runs = len(store.list_runs())
+    except StoreNotFoundError:
+        # Checking creates nothing: a mistyped URL must not leave an empty store behind.
+        report.note("store", f"{shown}: not created yet (`torpor worker` or `torpor run` do)")
+        return
     except TorporError as exc:
         report.bad("store", exc.message, "see the message; TORPOR_DATABASE_URL picks the store")
         return
@@ -99,6 +104,34 @@ def _check_store(report: _Report, settings: Settings) -> None:
     if settings.database_url.startswith("sqlite:"):
         detail += f", synchronous={settings.sqlite_synchronous}"
     report.good("store", detail)
+
+
+def _check_snapshot_key(report: _Report, settings: Settings) -> None:
+    """Where the snapshot key comes from, and whether its file is private; nothing is
+    generated here (the first snapshot does that)."""
+    from ..snapshots import KEY_FILE, SnapshotKey
+
+    if (os.environ.get("TORPOR_SNAPSHOT_KEY") or "").strip().casefold() == "none":
+        report.warn(
+            "snapshot key",
+            "TORPOR_SNAPSHOT_KEY=none: snapshots (process memory, keys in it) are stored "
+            "unencrypted",
+            "unset it to encrypt with a key generated under TORPOR_HOME, or set a key",
+        )
+        return
+    generated = settings.home / KEY_FILE
+    named = os.environ.get("TORPOR_SNAPSHOT_KEY_FILE")
+    if not os.environ.get("TORPOR_SNAPSHOT_KEY") and not named and not generated.exists():
+        report.note("snapshot key", f"{generated}: generated (mode 0600) by the first snapshot")
+        return
+    try:
+        key = SnapshotKey.from_env(home=settings.home)
+    except TorporError as exc:
+        report.bad("snapshot key", exc.message, "see the message")
+        return
+    source = "TORPOR_SNAPSHOT_KEY" if os.environ.get("TORPOR_SNAPSHOT_KEY") else named or generated
+    fingerprint = key.fingerprint.hex() if key is not None else "none"
+    report.good("snapshot key", f"{source} (fingerprint {fingerprint})")
 
 
 def _check_blobs(report: _Report, blob_url: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ._blob_url import open_blob_store
 from ._blobs import BlobInfo, BlobStore, LocalBlobStore
-from ._codec import SnapshotKey
+from ._codec import KEY_FILE, SnapshotKey
 from ._errors import (
     BlobStoreError,
     SnapshotCorruptError,
@@ -30,6 +30,7 @@ from ._table import format_snapshots
 
 __all__ = [
     "DEFAULT_KEEP_LAST",
+    "KEY_FILE",
     "BlobInfo",
     "BlobStore",
     "BlobStoreError",
