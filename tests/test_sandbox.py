@@ -175,6 +175,17 @@ def test_a_command_gone_before_the_launcher_looks_reports_its_status(
             assert "no-such-command-xyz" in box.stderr_path.read_text()
 
 
+def test_a_launch_that_fails_before_its_init_is_ready_leaves_nothing_running(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The launcher gives up at once: its `unshare` and the init it is starting must not run
+    # on (the fixture and the process guard check that nothing is left).
+    monkeypatch.setattr(torpor.sandbox._launch, "_READY_TIMEOUT", 0.0)
+    with pytest.raises(SandboxError, match="did not start in time"):
+        Sandbox.launch(["sleep", "60"], settings=settings)
+    assert list((settings.home / "sandboxes").iterdir()) == []
+
+
 def test_checkpoint_and_restore_resume_memory_children_and_files(
     settings: Settings, tmp_path: Path
 ) -> None:
