@@ -109,7 +109,7 @@ def visible_paths(share: Sequence[str | os.PathLike[str]] = ()) -> list[str]:
 
 def prepare_root_layer(
     upper: Path, base: Path = Path("/"), keep: Sequence[str] = (),
-    share: Sequence[str | os.PathLike[str]] = (),
+    share: Sequence[str | os.PathLike[str]] = (), hide: Sequence[str | os.PathLike[str]] = (),
 ) -> None:  # fmt: skip
     """Give a new root layer its private ``/dev`` (device nodes only) and ``/tmp``, and hide
     what the sandbox must not see of ``base`` (`hidden_paths`).
@@ -119,7 +119,9 @@ def prepare_root_layer(
     Python environment, say, when the project lives under ``/tmp``): then every other
     entry present now is hidden by a whiteout instead, and the kept ones stay readable
     (copy-on-write: writes to them stay in the sandbox). ``share`` and this process's
-    Python stay visible even below a hidden directory (`visible_paths`).
+    Python stay visible even below a hidden directory (`visible_paths`); ``hide`` adds
+    paths to hide (the launcher's own TORPOR_HOME when its settings do not come from the
+    environment).
     """
     dev = upper / "dev"
     for directory, mode in ((dev, 0o755), (dev / "shm", 0o1777), (upper / "tmp", 0o1777)):
@@ -146,7 +148,7 @@ def prepare_root_layer(
     own = [str(upper.parent)]  # the sandbox's own directory (its layers, run/, workspace/)
     if upper.parent.parent.name == "sandboxes":
         own.append(str(upper.parent.parent))  # ... and the other sandboxes beside it
-    for path in [*_HIDDEN, "var/lib", *hidden_paths(), *own]:
+    for path in [*_HIDDEN, "var/lib", *hidden_paths(), *map(str, hide), *own]:
         rel = os.path.normpath(path).lstrip("/")
         _hide(upper, base, rel, visible, empty_dir=path in _EMPTIED)
 
@@ -171,13 +173,29 @@ def _hide(upper: Path, base: Path, rel: str, visible: list[str], empty_dir: bool
     st = os.lstat(lower)
     if below and stat.S_ISDIR(st.st_mode):
         _mirror_dir(lower, target, traverse=True)
-        for name in os.listdir(lower):
-            _hide(upper, base, f"{rel}/{name}", below, empty_dir=False)
+        _hide_entries(str(upper), str(base), rel, below)
     elif empty_dir and stat.S_ISDIR(st.st_mode):
         _mirror_dir(lower, target, traverse=False)
         os.setxattr(target, "trusted.overlay.opaque", b"y")
     else:
         os.mknod(target, stat.S_IFCHR, os.makedev(0, 0))  # a whiteout
+
+
+def _hide_entries(upper: str, base: str, rel: str, visible: list[str]) -> None:
+    """Hide every entry of the directory ``rel`` (mirrored in ``upper`` already) but those
+    on the way to ``visible`` paths, recursively. Strings, not Paths: /root may hold
+    hundreds of entries, and this runs on every launch."""
+    for name in os.listdir(f"{base}/{rel}"):
+        path = f"{rel}/{name}"
+        below = [v for v in visible if v == path or v.startswith(path + "/")]
+        if path in below:
+            continue
+        lower, target = f"{base}/{path}", f"{upper}/{path}"
+        if below and os.path.isdir(lower) and not os.path.islink(lower):
+            _mirror_dir(Path(lower), Path(target), traverse=True)
+            _hide_entries(upper, base, path, below)
+        elif not below:
+            os.mknod(target, stat.S_IFCHR, os.makedev(0, 0))  # a whiteout
 
 
 def _hidden_already(upper: Path, base: Path, rel: str) -> bool:
@@ -213,7 +231,8 @@ def _mirror_parents(upper: Path, base: Path, rel: str, traverse: bool) -> None:
 def _mirror_dir(lower: Path, target: Path, traverse: bool) -> None:
     """A directory of the root layer with ``lower``'s owner and mode (which it then shows
     for the merged directory); with ``traverse``, searchable by all, so that the sandbox's
-    unprivileged command reaches the visible paths below (a project under /root)."""
+    command, which holds no CAP_DAC_OVERRIDE, reaches the visible paths below (a project
+    in another user's home)."""
     st = os.stat(lower)
     target.mkdir(mode=0o700)
     os.chown(target, st.st_uid, st.st_gid)
