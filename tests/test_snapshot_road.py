@@ -225,7 +225,11 @@ def test_workers_killed_at_random_moments_leave_no_trace(
     points = [(rng.randrange(1, 10), "in step"), (rng.randrange(1, 10), "in dump")]
 
     with ScriptedModelServer(lambda req: f"ok {req.items[0].text}") as server:
-        cli.env.update(OPENAI_API_KEY="k", TORPOR_CHECKPOINT_POLICY="step")
+        cli.env.update(
+            OPENAI_API_KEY="k",
+            TORPOR_CHECKPOINT_POLICY="step",
+            OPENAI_BASE_URL=server.openai_base_url,
+        )
         base = server.openai_base_url
         # The reference: the same workflow on a worker of its own that nobody kills.
         reference = _start(cli, "ten_steps", [base, "ref"], "--queue", "calm")
