@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx2
@@ -85,12 +86,29 @@ def test_a_cancelled_run_is_not_completed_by_a_late_worker(store: Store) -> None
     run = store.create_run("app:wf")
     claimed = store.claim_run("worker-a", 0.05, run_id=run.id)
     assert claimed is not None
-    import time
-
     time.sleep(0.2)  # the lease expires; the run is not held
     assert store.cancel_run(run.id).status is RunStatus.CANCELLED
     with pytest.raises(RunEndedError, match="is cancelled"):
         store.update_run(run.id, claimed.epoch, status=RunStatus.COMPLETED, output="late")
+    assert store.get_run(run.id).status is RunStatus.CANCELLED
+    assert store.get_run(run.id).output is None
+
+
+def test_the_engine_reports_a_refused_end_as_such(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine's own end of a run the operator cancelled meanwhile: refused, and the
+    worker's log says the run had ended (not that the lease was lost)."""
+    from torpor.engine import end_run
+
+    run = store.create_run("app:wf")
+    claimed = store.claim_run("worker-a", 0.05, run_id=run.id)
+    assert claimed is not None
+    time.sleep(0.2)  # the lease expires: the cancel takes effect at once
+    assert store.cancel_run(run.id).status is RunStatus.CANCELLED
+    with caplog.at_level("WARNING"):
+        assert end_run(store, claimed, RunStatus.COMPLETED, output="late") is False
+    assert "had already ended (cancelled): this end was refused" in caplog.text
     assert store.get_run(run.id).status is RunStatus.CANCELLED
     assert store.get_run(run.id).output is None
 

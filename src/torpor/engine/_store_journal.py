@@ -14,7 +14,7 @@ from typing import Any
 from .._errors import FencedError, RunNotFoundError
 from .._model import Event, LogEntry, RunRecord, RunStatus
 from ..log import wait_is_over
-from ..store import Appended, Store
+from ..store import Appended, RunEndedError, Store
 from ._context import Parked
 from ._journal import ChildSpec, HostCall, HostCallOutcome
 from ._steps import execute_host_call
@@ -153,6 +153,9 @@ def end_run(
             run.id, run.epoch, status=status, output=output, error=error,
             entry=(status.value, summary),
         )  # fmt: skip
+    except RunEndedError as exc:
+        log.warning("run %s had already ended (%s): this end was refused", run.id, exc.status)
+        return False
     except FencedError:
         log.warning(
             "run %s: lease lost before recording its end; the new owner finishes it", run.id
