@@ -470,6 +470,42 @@ def test_limits_apply_and_follow_a_fork(settings: Settings, tmp_path: Path) -> N
         box.teardown()
 
 
+def _cpu_quota_us(pid: int) -> int:
+    """The CFS quota of the cgroup that holds ``pid`` for the cpu controller (-1: none)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            quota = (Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.max").read_text().split()[0]
+            return -1 if quota == "max" else int(quota)
+        if "cpu" in controllers.split(","):
+            group = Path("/sys/fs/cgroup/cpu") / path.lstrip("/")
+            return int((group / "cpu.cfs_quota_us").read_text())
+    raise LookupError(f"no cpu cgroup for {pid}")
+
+
+def test_a_cpu_limit_survives_checkpoint_and_restore(settings: Settings, tmp_path: Path) -> None:
+    box = Sandbox.launch(["sleep", "100"], cpu_limit=0.5, settings=settings)
+    try:
+        assert box.pid is not None and _cpu_quota_us(box.pid) == 50_000
+        checkpoint = box.checkpoint(tmp_path / "ck")
+        assert checkpoint.cpu_limit == 0.5 and Checkpoint.load(checkpoint.directory) == checkpoint
+        restored = Sandbox.restore(checkpoint, settings=settings)
+        try:
+            assert restored.pid is not None
+            groups = Path(f"/proc/{restored.pid}/cgroup").read_text()
+            assert f"torpor-{restored.id}" in groups
+            assert _cpu_quota_us(restored.pid) == 50_000  # the quota, not "max" / -1
+        finally:
+            restored.teardown()
+    finally:
+        box.teardown()
+    # A checkpoint.json written before the field existed loads, with no CPU limit.
+    fields = json.loads((checkpoint.directory / "checkpoint.json").read_text())
+    del fields["cpu_limit"]
+    (checkpoint.directory / "checkpoint.json").write_text(json.dumps(fields))
+    assert Checkpoint.load(checkpoint.directory).cpu_limit is None
+
+
 def _cgroup_of(proc: Path) -> str:
     try:
         return (proc / "cgroup").read_text()

@@ -140,6 +140,7 @@ class Checkpointing(SandboxCore):
             network=self._meta["network"],
             memory_limit=self._meta["memory_limit"],
             pids_limit=self._meta["pids_limit"],
+            cpu_limit=self._meta.get("cpu_limit"),
             leave_running=leave_running,
             dump_seconds=dump_seconds,
             layers_seconds=layers_seconds,

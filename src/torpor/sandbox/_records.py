@@ -45,6 +45,8 @@ class Checkpoint:
     total_seconds: float
     image_bytes: int
     layer_bytes: int
+    #: CPUs (a CFS quota), or None; checkpoints written before it was recorded have none.
+    cpu_limit: float | None = None
 
     @property
     def images(self) -> Path:

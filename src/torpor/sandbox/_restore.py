@@ -125,8 +125,7 @@ class Restoring(SandboxCore):
         criu = find_criu(settings)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         box = cls(sandbox_id, directory, settings)
-        # Checkpoints record their CPU limit from when they learnt to; older ones had none.
-        cpu_limit: float | None = getattr(checkpoint, "cpu_limit", None)
+        cpu_limit = checkpoint.cpu_limit  # None from a checkpoint older than the field
         box._meta = {
             "cmd": checkpoint.cmd,
             "base_root": checkpoint.base_root,
