@@ -32,6 +32,12 @@ BAD_VALUES = [
     ("TORPOR_SNAPSHOT_KEEP", "0", "1 or more"),
     ("TORPOR_S3_ADDRESSING_STYLE", "host", "auto, path, virtual"),
     ("TORPOR_LOG_FORMAT", "xml", "text, json"),
+    ("TORPOR_SANDBOX_MEMORY_BYTES", "512M", "whole number of bytes"),
+    ("TORPOR_SANDBOX_MEMORY_BYTES", "0", "1 or more"),
+    ("TORPOR_SANDBOX_PIDS", "-3", "1 or more"),
+    ("TORPOR_SANDBOX_CPUS", "half", "number of CPUs"),
+    ("TORPOR_SANDBOX_CPUS", "0", "more than 0"),
+    ("TORPOR_SANDBOX_CPUS", "nan", "more than 0"),
 ]
 
 # Variables whose value is a path or a URL, taken as given (open_store, open_blob_store and
@@ -100,6 +106,9 @@ def test_good_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "TORPOR_SNAPSHOT_KEEP": "2",
         "TORPOR_S3_ADDRESSING_STYLE": "PATH",
         "TORPOR_LOG_FORMAT": "JSON",
+        "TORPOR_SANDBOX_MEMORY_BYTES": "536870912",
+        "TORPOR_SANDBOX_PIDS": "256",
+        "TORPOR_SANDBOX_CPUS": "0.5",
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
@@ -117,6 +126,9 @@ def test_good_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         snapshot_keep=2,
         s3_addressing_style="path",
         log_format="json",
+        sandbox_memory_bytes=512 * 1024 * 1024,
+        sandbox_pids=256,
+        sandbox_cpus=0.5,
     )
     monkeypatch.setenv("TORPOR_CHECKPOINT_POLICY", "step")
     assert Settings.from_env().checkpoint_policy == "step"
@@ -128,8 +140,9 @@ def test_every_variable_settings_reads_is_tested() -> None:
 
 
 def test_settings_are_read_nowhere_else() -> None:
-    """Only `_config` reads TORPOR_* from the environment; the API token is read where it
-    is used (the server, the client), being a secret rather than a setting."""
+    """Only `_config` reads TORPOR_* from the environment; the API token and the snapshot
+    key are read where they are used (the server and client; the snapshot store and
+    `torpor doctor`), being secrets rather than settings."""
     pattern = re.compile(r'(?:os\.environ\.get\(|os\.environ\[|os\.getenv\()"(TORPOR_\w+)"')
     found = {
         (str(path.relative_to(SRC)), name)
@@ -137,7 +150,8 @@ def test_settings_are_read_nowhere_else() -> None:
         if path.name != "_config.py"
         for name in pattern.findall(path.read_text())
     }
-    assert {name for _, name in found} <= {"TORPOR_API_TOKEN"}, sorted(found)
+    secrets = {"TORPOR_API_TOKEN", "TORPOR_SNAPSHOT_KEY", "TORPOR_SNAPSHOT_KEY_FILE"}
+    assert {name for _, name in found} <= secrets, sorted(found)
 
 
 def test_the_cli_reports_a_bad_setting_without_a_traceback(tmp_path: Path) -> None:

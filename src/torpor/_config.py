@@ -43,6 +43,11 @@ class Settings:
     s3_addressing_style: str = "auto"
     # Logs of `torpor worker` and `torpor server`: `text` for people, `json` lines.
     log_format: str = "text"
+    # Snapshot road: the cgroup limits of each run's sandbox (None: no limit of torpor's own;
+    # a container's or the worker's cgroup still applies above it).
+    sandbox_memory_bytes: int | None = None
+    sandbox_pids: int | None = None
+    sandbox_cpus: float | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -77,7 +82,38 @@ class Settings:
                 "TORPOR_S3_ADDRESSING_STYLE", "auto", ("auto", "path", "virtual")
             ),
             log_format=_choice_env("TORPOR_LOG_FORMAT", "text", ("text", "json")),
+            sandbox_memory_bytes=_optional_int("TORPOR_SANDBOX_MEMORY_BYTES", "bytes"),
+            sandbox_pids=_optional_int("TORPOR_SANDBOX_PIDS", "tasks"),
+            sandbox_cpus=_optional_cpus("TORPOR_SANDBOX_CPUS"),
         )
+
+
+def _optional_int(name: str, unit: str) -> int | None:
+    raw = os.environ.get(name)
+    if not raw:
+        return None
+    accepted = f"use a whole number of {unit}, 1 or more (default: no limit)"
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number; {accepted}") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} is too small; {accepted}")
+    return value
+
+
+def _optional_cpus(name: str) -> float | None:
+    raw = os.environ.get(name)
+    if not raw:
+        return None
+    accepted = "use a number of CPUs more than 0, e.g. 0.5 or 2 (default: no limit)"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of CPUs; {accepted}") from None
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{name}={raw!r} is out of range; {accepted}")
+    return value
 
 
 def _int_env(name: str, default: int, unit: str) -> int:

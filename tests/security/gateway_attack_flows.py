@@ -112,3 +112,10 @@ def plant_link(secret: str) -> str:
     os.remove("/run/torpor/stderr.log")
     os.symlink(secret, "/run/torpor/stderr.log")
     os._exit(3)
+
+
+@torpor.workflow(name="attack.hog_memory")
+def hog_memory(megabytes: int) -> int:
+    """Exhaust the sandbox's memory: the worker's limit has the kernel kill it."""
+    hoard = [bytearray(1 << 20) for _ in range(megabytes)]
+    return len(hoard)

@@ -461,3 +461,18 @@ def test_terminal_states_are_final_for_a_sandbox(served: tuple[GatewayServer, Ho
     record = host.store.get_run(host.run.id)
     assert (record.status, record.output, record.last_seq) == (RunStatus.COMPLETED, "real", seq)
     assert journal.read()  # reading stays allowed
+
+
+@pytest.mark.criu
+@pytest.mark.timeout(300)
+def test_a_sandbox_over_the_workers_memory_limit_is_killed_and_the_run_says_so(
+    criu: object, workers: WorkerGroup, cli: Cli, store: Store
+) -> None:
+    run_id = _start(cli, "hog_memory", [1024])
+    workers.start(TORPOR_SANDBOX_MEMORY_BYTES=str(96 << 20))
+    done = _ended(store, run_id, timeout=240)
+    assert done.status is RunStatus.FAILED
+    died = [e.payload["message"] for e in store.read(run_id) if e.kind == "sandbox_died"]
+    died.append(done.error["message"])
+    expected = "the sandbox was killed: out of memory (limit 96 MiB)"
+    assert all(message.startswith(expected) for message in died), died

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .._config import Settings
 from .._errors import SandboxError
 
 __all__ = [
@@ -84,16 +85,15 @@ _EMPTIED = {"root", "home", "run", "var/backups", "var/lib", "var/log", "var/mai
 def hidden_paths() -> list[str]:
     """The host paths a sandbox launched by this process must not see, besides `_HIDDEN`:
     torpor's home (the store, keys, blobs, other sandboxes), and the store's SQLite file and
-    blob directory when they live elsewhere."""
-    home = Path(os.environ.get("TORPOR_HOME") or Path.home() / ".torpor").expanduser()
-    paths = [str(home.absolute())]
-    database = os.environ.get("TORPOR_DATABASE_URL", "")
+    blob directory when they live elsewhere, as this process's environment configures them."""
+    settings = Settings.from_env()
+    paths = [str(settings.home)]
+    database = settings.database_url
     if database.startswith("sqlite://") and len(database) > len("sqlite://"):
         db = database[len("sqlite://") :].split("?")[0]
         paths += [db, db + "-wal", db + "-shm", db + "-journal"]
-    blobs = os.environ.get("TORPOR_BLOB_URL", "")
-    if blobs.startswith("file://"):
-        paths.append(blobs[len("file://") :])
+    if settings.blob_url.startswith("file://"):
+        paths.append(settings.blob_url[len("file://") :])
     return paths
 
 

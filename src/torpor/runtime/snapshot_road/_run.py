@@ -95,6 +95,9 @@ class SnapshotRoadRun:
                 env={GATEWAY_ENV: _INSIDE, **_PLACEHOLDER_KEYS},
                 settings=self.settings,
                 share=self._code_paths(),
+                memory_limit=self.settings.sandbox_memory_bytes,
+                pids_limit=self.settings.sandbox_pids,
+                cpu_limit=self.settings.sandbox_cpus,
             )
         else:
             self.box = restored.sandbox
@@ -200,7 +203,9 @@ class SnapshotRoadRun:
             # The sandbox died without ending the run: restart it from the newest snapshot.
             code = self.box.poll()
             tail = _tail(self.box.stderr_path)
-            self._release_for_retry(f"the sandbox exited ({code}) mid-run: {tail}")
+            hits = "; ".join(str(hit) for hit in self.box.limits_hit() if hit.fatal)
+            why = f"the sandbox was killed: {hits}" if hits else f"the sandbox exited ({code})"
+            self._release_for_retry(f"{why} mid-run: {tail}")
             return None
         if self.outcome == "ended":
             return self.store.get_run(self.run.id).status
