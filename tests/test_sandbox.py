@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from torpor.sandbox import (
     Checkpoint,
     CheckpointBaseRootError,
     CheckpointBlockedError,
+    Criu,
     CriuError,
     CriuNotFoundError,
     Sandbox,
@@ -184,6 +186,77 @@ def test_a_launch_that_fails_before_its_init_is_ready_leaves_nothing_running(
     with pytest.raises(SandboxError, match="did not start in time"):
         Sandbox.launch(["sleep", "60"], settings=settings)
     assert list((settings.home / "sandboxes").iterdir()) == []
+
+
+# Plants something in place of /run/torpor/exit (the init writes it only when the command
+# ends, so after a kill from outside whatever the tree left there stays), then waits.
+PLANTER = textwrap.dedent(
+    """
+    import os, sys, time
+    kind, target = sys.argv[1:3]
+    exit_file = "/run/torpor/exit"
+    if kind == "fifo":
+        os.mkfifo(exit_file)
+    elif kind == "symlink":
+        os.symlink(target, exit_file)
+    else:
+        open(exit_file, "w").write("0" * 100_000 if kind == "big" else "not a status\\n")
+    print("planted", flush=True)
+    time.sleep(100)
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "garbage", "big"])
+def test_a_planted_exit_file_is_not_followed_nor_trusted(
+    kind: str, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A host file the link points at: its "0" must not become the sandbox's status.
+    host_file = tmp_path / "host-status"
+    host_file.write_text("0\n")
+    box = Sandbox.launch(["python3", "-c", PLANTER, kind, str(host_file)], settings=settings)
+    try:
+        assert wait_for(lambda: "planted" in box.stdout_path.read_text()), (
+            box.stderr_path.read_text()
+        )
+        assert box.pid is not None
+        os.kill(box.pid, signal.SIGKILL)  # the init dies without writing exit
+        ended: list[int] = []
+        waiter = threading.Thread(target=lambda: ended.append(box.wait(timeout=20)), daemon=True)
+        waiter.start()
+        waiter.join(30)
+        if waiter.is_alive() and kind == "fifo":  # blocked opening the FIFO: let it go
+            with contextlib.suppress(OSError):
+                os.close(os.open(box.directory / "run" / "exit", os.O_WRONLY | os.O_NONBLOCK))
+        assert not waiter.is_alive() and ended == [-signal.SIGKILL]
+        assert box.state is SandboxState.KILLED
+        assert "counted as killed" in caplog.text and box.id in caplog.text
+    finally:
+        box.teardown()
+
+
+def test_the_launchers_home_is_hidden_and_shared_paths_stay_visible(criu: Criu) -> None:
+    # A TORPOR_HOME given in Settings (not the environment's) and outside /tmp, which is
+    # private anyway; a shared path under /root, which is otherwise emptied.
+    token = os.urandom(4).hex()
+    home, shared = Path(f"/srv/torpor-home-{token}"), Path(f"/root/torpor-share-{token}")
+    home.mkdir(parents=True)
+    shared.mkdir()
+    try:
+        (home / "secret.txt").write_text("host secret\n")
+        (shared / "data.txt").write_text("shared data\n")
+        own = Settings(home=home, database_url=f"sqlite://{home / 'torpor.db'}",
+                       blob_url=Settings.from_env().blob_url)  # fmt: skip
+        script = f"cat {shared}/data.txt; cat {home}/secret.txt; ls -A {home}; echo done"
+        with Sandbox.launch(["sh", "-c", script], share=[shared], settings=own) as box:
+            assert box.wait(timeout=30) == 0, box.stderr_path.read_text()
+            out = box.stdout_path.read_text()
+            assert out.splitlines()[0] == "shared data" and "done" in out
+            assert "host secret" not in out and "secret.txt" not in out
+        assert str(home) not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def test_checkpoint_and_restore_resume_memory_children_and_files(

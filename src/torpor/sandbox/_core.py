@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
+import logging
 import os
 import secrets
 import select
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -42,7 +45,12 @@ __all__ = [
     "default_directory",
     "new_directory",
     "new_id",
+    "read_run_file",
 ]
+
+_log = logging.getLogger(__name__)
+#: The most of an ``exit`` or ``ready`` file that is read: a number or two and a newline.
+_RECORD_LIMIT = 64
 
 # The two host directories bind-mounted into the sandbox; CRIU must be told they are external,
 # or a restored copy would write to the original's directories.
@@ -158,13 +166,34 @@ class SandboxCore:
         # The init records the command's own status. Without that record the init itself was
         # killed, and from outside only SIGKILL can kill a namespace's init (kill(), the OOM
         # killer); `unshare` does not pass that on faithfully, so it is not asked.
-        exit_file = self._run_dir / "exit"
-        self._returncode = (
-            int(exit_file.read_text()) if exit_file.exists() else min(status, 0) or -signal.SIGKILL
-        )
+        self._returncode = self._recorded_status()
+        if self._returncode is None:
+            self._returncode = min(status, 0) or -signal.SIGKILL
         self._state = SandboxState.EXITED if self._returncode >= 0 else SandboxState.KILLED
         self._end_watch()
         return self._returncode
+
+    def _recorded_status(self) -> int | None:
+        """The status the init wrote to ``run/exit``, or None if it wrote none.
+
+        ``run/`` is the sandbox's ``/run/torpor``: its tree may have put a link, a FIFO or
+        anything else there. Only a regular file holding one number is taken; anything else
+        is logged and the sandbox counts as killed.
+        """
+        try:
+            text = read_run_file(self._run_dir, "exit", _RECORD_LIMIT)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            _log.warning("sandbox %s: its run/exit is unreadable (%s); counted as killed",
+                         self.id, exc.strerror or exc)  # fmt: skip
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            _log.warning("sandbox %s: its run/exit holds no exit status (%r); counted as killed",
+                         self.id, text[:_RECORD_LIMIT])  # fmt: skip
+            return None
 
     def _wait_status(self) -> int | None:
         assert self._pid is not None
@@ -332,6 +361,45 @@ class SandboxCore:
             raise SandboxError(self.id, f"base root {base} is no directory", "pass an existing one")
         d = self.directory
         self._mount_overlay(d / "merged", base, d / "upper", d / "work")
+
+
+def read_run_file(run_dir: Path, name: str, limit: int, *, tail: bool = False) -> str:
+    """The text of the file ``name`` in a sandbox's ``run/`` (its ``/run/torpor``).
+
+    The sandbox's tree writes there and may have put a link, a FIFO or a device in place of
+    the file: only a regular file is read, opened without following links (``run/`` itself
+    too, from the sandbox directory's descriptor), and not opened for reading before it is
+    known to be one (``O_PATH`` first: opening a FIFO blocks, a device could act). With
+    ``tail``, its last ``limit`` bytes; without, a larger file is refused.
+
+    Raises:
+        OSError: it is missing (FileNotFoundError), no regular file, or larger than
+            ``limit`` bytes without ``tail``.
+    """
+    nofollow = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    parent = os.open(run_dir.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        directory = os.open(run_dir.name, nofollow | os.O_DIRECTORY, dir_fd=parent)
+    finally:
+        os.close(parent)
+    try:
+        handle = os.open(name, nofollow, dir_fd=directory)
+    finally:
+        os.close(directory)
+    try:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            raise OSError(errno.EINVAL, f"run/{name} is no regular file")
+        # Reopened from the O_PATH descriptor: the very file checked, not a new lookup.
+        readable = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    finally:
+        os.close(handle)
+    try:
+        size = os.fstat(readable).st_size
+        if size > limit and not tail:
+            raise OSError(errno.EFBIG, f"run/{name} holds {size} bytes, more than {limit}")
+        return os.pread(readable, limit, max(0, size - limit)).decode(errors="replace")
+    finally:
+        os.close(readable)
 
 
 def new_id() -> str:

@@ -18,7 +18,7 @@ from .._config import Settings
 from .._errors import SandboxError
 from . import _host, _proc
 from ._cgroup import check_limits, create_cgroups
-from ._core import SandboxCore, new_directory, new_id
+from ._core import SandboxCore, new_directory, new_id, read_run_file
 
 __all__ = ["Launching", "Network", "host_network"]
 
@@ -110,7 +110,11 @@ class Launching(SandboxCore):
                     raise SandboxError(sandbox_id, f"workspace {ws} is no directory", "create it")
                 ws.mkdir()
             (box.directory / "upper").mkdir()
-            _host.prepare_root_layer(box.directory / "upper", base, _kept_tmp(base, share))
+            # Its TORPOR_HOME is hidden even when it is not the environment's (`hidden_paths`).
+            _host.prepare_root_layer(
+                box.directory / "upper", base, _kept_tmp(base, share),
+                share=share, hide=[settings.home],
+            )  # fmt: skip
             (box.directory / "run").mkdir()
             for output in (box.stdout_path, box.stderr_path):
                 output.touch()  # readable from the start; the command appends
@@ -156,13 +160,16 @@ class Launching(SandboxCore):
             )
         # Watched from now on: the init is this launcher's child, killed with it.
         self._start_watch(self._popen.pid, _proc.process_start_time(self._popen.pid), tree=True)
-        ready = self.directory / "run" / "ready"
+        run = self.directory / "run"
         deadline = time.monotonic() + _READY_TIMEOUT
-        while not ready.exists():
+        while (ready := self._read_ready(run)) is None:
             code = self._popen.poll()
             if code is not None or time.monotonic() > deadline:
                 what = "did not start in time" if code is None else f"ended with status {code}"
-                detail = init_log.read_text(errors="replace").strip()[-500:]
+                try:
+                    detail = read_run_file(run, "init.log", 4096, tail=True).strip()[-500:]
+                except OSError as exc:
+                    detail = f"(init.log unreadable: {exc.strerror or exc})"
                 raise SandboxError(
                     self.id, f"its init {what} before the command ran: {detail or 'no output'}",
                     "check the command, base_root, and `torpor doctor`",
@@ -170,9 +177,42 @@ class Launching(SandboxCore):
             time.sleep(0.002)
         # The init's own word for its host pid: it may be gone already (with a command that
         # ended at once), and then poll() finds the status it recorded.
-        pid, started = ready.read_text().split()
-        self._pid, self._started = int(pid), int(started)
+        self._pid, self._started = ready
         self._save()
+
+    def _read_ready(self, run: Path) -> tuple[int, int] | None:
+        """The init's host pid and start time from ``run/ready``, None until it is there.
+
+        The command runs before the init writes the file and may have planted one first (its
+        ``/run/torpor`` is ``run/``): only a regular file with two numbers is read, and a pid
+        that is alive but no child of this launch's `unshare` is refused, so that `kill` can
+        never be aimed at a host process.
+
+        Raises:
+            SandboxError: the file is no regular file, malformed, or names another process.
+        """
+        try:
+            fields = read_run_file(run, "ready", 64).split()
+            pid, started = int(fields[0]), int(fields[1])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, IndexError) as exc:
+            raise SandboxError(
+                self.id, f"its run/ready is unusable ({exc}): the command tampered with it",
+                "check what the command does in /run/torpor",
+            ) from None  # fmt: skip
+        assert self._popen is not None
+        children = Path(f"/proc/{self._popen.pid}/task/{self._popen.pid}/children")
+        try:
+            ours = pid in {int(c) for c in children.read_text().split()}
+        except OSError:  # `unshare` has ended: so has its init
+            ours = False
+        if not ours and _proc.alive(pid, started):
+            raise SandboxError(
+                self.id, f"its run/ready names pid {pid}, which is not its init: the command "
+                "tampered with it", "check what the command does in /run/torpor",
+            )  # fmt: skip
+        return pid, started
 
 
 def host_network(sandbox_id: str, network: object) -> bool:
