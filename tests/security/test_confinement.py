@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 import _criu_fixtures
+import torpor
 from _criu_fixtures import wait_for
 from torpor import Settings, TorporError
 from torpor.sandbox import Checkpoint, Criu, Sandbox
@@ -186,7 +187,10 @@ def seen(criu: Criu, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
         assert shm_id >= 0, os.strerror(ctypes.get_errno())
         cmd = [sys.executable, "-c", PROBE, json.dumps(hidden), str(shm_key)]
         results: dict[str, dict] = {}
-        box = Sandbox.launch(cmd, settings=settings)
+        # Its code, as the snapshot road shares a run's: the virtualenv and torpor's source,
+        # which may be under /tmp (private otherwise) in a fresh clone.
+        share = [sys.prefix, str(Path(torpor.__file__).resolve().parents[1])]
+        box = Sandbox.launch(cmd, settings=settings, share=share)
         boxes.append(box)
         assert wait_for(lambda: "waiting" in box.stdout_path.read_text(), timeout=30), (
             box.stderr_path.read_text()
