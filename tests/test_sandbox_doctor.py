@@ -143,8 +143,8 @@ def test_sandbox_public_names_are_exactly_these() -> None:
         # For the rest of torpor: restoring from the store, processes, `torpor doctor`.
         "PAGES_ELSEWHERE", "PageSource", "CheckpointBaseRootError", "base_root_record",
         "write_base_root", "alive", "kill_tree", "process_start_time", "process_state",
-        "read_sandbox_meta", "tree_processes", "available_controllers", "fstype",
-        "has_sys_admin",
+        "read_sandbox_meta", "read_run_file", "tree_processes", "available_controllers",
+        "fstype", "has_sys_admin",
     }  # fmt: skip
     for name in torpor.sandbox.__all__:
         assert hasattr(torpor.sandbox, name), name

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .._errors import CriuError, CriuNotFoundError, SandboxError
 from ._cgroup import available_controllers
 from ._cleanup import Orphan, find_orphans, remove_orphans
-from ._core import SandboxState
+from ._core import SandboxState, read_run_file
 from ._criu import MIN_CRIU_VERSION, Criu, find_criu, fstype
 from ._fingerprint import CheckpointBaseRootError, base_root_record, write_base_root
 from ._host import has_sys_admin
@@ -45,6 +45,7 @@ __all__ = [
     "kill_tree",
     "process_start_time",
     "process_state",
+    "read_run_file",
     "read_sandbox_meta",
     "remove_orphans",
     "tree_processes",

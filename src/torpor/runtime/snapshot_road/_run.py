@@ -18,11 +18,9 @@ the process repeats the calls it made after it and the gateway answers those fro
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import shutil
-import stat
 import sys
 import threading
 import time
@@ -43,6 +41,7 @@ from ...sandbox import (
     alive,
     find_orphans,
     kill_tree,
+    read_run_file,
     read_sandbox_meta,
     remove_orphans,
 )
@@ -310,38 +309,8 @@ def _tail(path: Path, lines: int = 5, limit: int = 64 * 1024) -> str:
     file: only a regular file reached without following a link is read, and only its
     last ``limit`` bytes."""
     try:
-        data = _read_tail_beneath(path.parent.parent, (path.parent.name, path.name), limit)
+        data = read_run_file(path.parent, path.name, limit, tail=True)
     except OSError as exc:
         return f"(no output: {exc.strerror or exc})"
-    text = data.decode(errors="replace").strip().splitlines()
+    text = data.strip().splitlines()
     return " | ".join(text[-lines:]) or "(no output)"
-
-
-def _read_tail_beneath(trusted: Path, parts: tuple[str, ...], limit: int) -> bytes:
-    """The last ``limit`` bytes of the regular file ``trusted/parts...``, every part below
-    ``trusted`` opened without following links (`O_NOFOLLOW`, from the descriptor of the
-    directory above), and the file itself not opened for reading before it is known to be
-    a regular file (`O_PATH` first: opening a FIFO would block, a device could act)."""
-    nofollow = os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(trusted, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parts[:-1]:
-            below = os.open(part, os.O_PATH | os.O_DIRECTORY | nofollow, dir_fd=fd)
-            os.close(fd)
-            fd = below
-        handle = os.open(parts[-1], os.O_PATH | nofollow, dir_fd=fd)
-    finally:
-        os.close(fd)
-    try:
-        found = os.fstat(handle)
-        if not stat.S_ISREG(found.st_mode):
-            raise OSError(errno.EINVAL, f"{'/'.join(parts)} is no regular file")
-        # Reopened from the O_PATH descriptor: the very file checked, not a new lookup.
-        readable = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    finally:
-        os.close(handle)
-    try:
-        size = os.fstat(readable).st_size
-        return os.pread(readable, limit, max(0, size - limit))
-    finally:
-        os.close(readable)
