@@ -90,16 +90,7 @@ class Settings:
 
 def _optional_int(name: str, unit: str) -> int | None:
     raw = os.environ.get(name)
-    if not raw:
-        return None
-    accepted = f"use a whole number of {unit}, 1 or more (default: no limit)"
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number; {accepted}") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r} is too small; {accepted}")
-    return value
+    return _whole_number(name, raw, unit, "default: no limit") if raw else None
 
 
 def _optional_cpus(name: str) -> float | None:
@@ -118,9 +109,11 @@ def _optional_cpus(name: str) -> float | None:
 
 def _int_env(name: str, default: int, unit: str) -> int:
     raw = os.environ.get(name)
-    if not raw:
-        return default
-    accepted = f"use a whole number of {unit}, 1 or more (default {default})"
+    return _whole_number(name, raw, unit, f"default {default}") if raw else default
+
+
+def _whole_number(name: str, raw: str, unit: str, default: str) -> int:
+    accepted = f"use a whole number of {unit}, 1 or more ({default})"
     try:
         value = int(raw)
     except ValueError:
